@@ -1,0 +1,68 @@
+"""The `hasmap` command line; a thin layer over the importable API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hasmap_jax.loading import convert
+
+    out = convert(args.src, args.dst)
+    print(f"wrote {out} (model card: {out / 'model_card.json'})")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from hasmap_jax.loading import load_quality_model
+
+    model = load_quality_model(args.model)
+    status = 0
+    for name in args.images:
+        try:
+            with Image.open(name) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            print(f"{name}: cannot read the image ({e})", file=sys.stderr)
+            status = 1
+            continue
+        s = float(model.score(rgb[None])[0])
+        print(f"{name}\t{s:.3f}\t{'high' if s > args.threshold else 'low'}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hasmap", description="HASMap: protect photos against image-quality models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert KonCept512 .pth / .h5 weights into a hasmap_jax checkpoint")
+    c.add_argument("src", help="KonCept512.pth (PyTorch), koncep512-trained-model.h5 (Keras) or a VGG16 sensitivity model")
+    c.add_argument("dst", type=Path, help="new checkpoint directory (must not exist)")
+    c.set_defaults(func=_convert)
+
+    s = sub.add_parser("score", help="print each image's quality score")
+    s.add_argument("images", nargs="+", help="image files, scored at their own size")
+    s.add_argument("--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)")
+    s.add_argument("--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)")
+    s.set_defaults(func=_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hasmap_jax.conversion.common import WeightError
+
+    try:
+        return args.func(args)
+    except (WeightError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"hasmap {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

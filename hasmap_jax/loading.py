@@ -1,0 +1,208 @@
+"""Loading models from any supported source: shipped names, orbax checkpoints, .pth and .h5 files."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hasmap_jax import checkpoint
+from hasmap_jax.conversion.common import WeightError
+from hasmap_jax.conversion.keras_h5 import HDF5_SIGNATURE
+from hasmap_jax.images import as_unit_float
+from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, quality_logits
+
+_ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def weights_dir() -> Path:
+    """Where shipped models live: $HASMAP_WEIGHTS, else the `weights/` folder of the project."""
+    env = os.environ.get("HASMAP_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_models() -> list[str]:
+    d = weights_dir()
+    return sorted(p.name for p in d.iterdir() if checkpoint.is_checkpoint(p)) if d.is_dir() else []
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, eq=False)
+class QualityModel:
+    """A blind image quality model (KonCept512 architecture) with its weights.
+
+    A pytree: pass it to `jax.jit`-ed functions as an argument; the weights are its leaves, the
+    module and card are static. `apply` and `logits` are traceable; `score` is the host API.
+
+    Attributes:
+      module: the Flax module (a `KonCept512`).
+      variables: {"params": ..., "batch_stats": ...}.
+      card: the model card (variant, source, input size, ...).
+    """
+
+    module: KonCept512
+    variables: Any
+    card: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def tree_flatten(self):
+        return (self.variables,), (self.module, json.dumps(self.card, sort_keys=True))
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], children[0], json.loads(aux[1]))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the model was trained at; other sizes run but rate differently."""
+        return tuple(self.card.get("input_size", KONCEPT_INPUT_SIZE))
+
+    def apply(self, images: jax.Array) -> jax.Array:
+        """Scores (N,) of float images (N, H, W, 3) in [0, 1]. Traceable and differentiable."""
+        return self.module.apply(self.variables, images)[0]
+
+    def logits(self, images: jax.Array, threshold: float = 50.0) -> jax.Array:
+        """(N, 2) logits [high, low]: "high" wins exactly when the score exceeds `threshold`."""
+        return quality_logits(self.apply(images), threshold)
+
+    def score(self, images, *, batch_size: int | None = None) -> np.ndarray:
+        """Quality scores (N,) of RGB images (N, H, W, 3), uint8 or float in [0, 1].
+
+        Images are scored as given (no resizing); KonCept512 was trained at 384x512 (HxW).
+        One compilation per distinct batch shape; `batch_size` splits large batches.
+        """
+        x = as_unit_float(images)
+        n = len(x)
+        step = batch_size or max(n, 1)
+        out = [np.asarray(_score(self, jnp.asarray(x[i : i + step]))) for i in range(0, n, step)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+@jax.jit
+def _score(model: QualityModel, x: jax.Array) -> jax.Array:
+    return model.apply(x)
+
+
+def _resolve(source: str | os.PathLike) -> Path:
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if isinstance(source, str) and os.sep not in source and "/" not in source:
+        shipped = weights_dir() / source
+        if checkpoint.is_checkpoint(shipped):
+            return shipped
+        names = ", ".join(shipped_models()) or "none"
+        raise FileNotFoundError(
+            f"{source!r} is neither a file nor a directory, nor a model shipped in {weights_dir()} "
+            f"(shipped: {names})"
+        )
+    raise FileNotFoundError(f"{source}: no such file or directory")
+
+
+def sniff_format(path: Path) -> str:
+    """"checkpoint", "keras-h5" or "torch", from the directory or the file's first bytes."""
+    if path.is_dir():
+        if checkpoint.is_checkpoint(path):
+            return "checkpoint"
+        raise WeightError(f"{path}: a directory without {checkpoint.CARD_NAME}; not a hasmap_jax checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == HDF5_SIGNATURE:
+        return "keras-h5"
+    if head[:4] == _ZIP_SIGNATURE or head[:1] == b"\x80":  # torch zip archive or legacy pickle
+        return "torch"
+    raise WeightError(
+        f"{path}: not a weight file this project reads (expected a PyTorch .pth, a Keras .h5 or a "
+        "hasmap_jax checkpoint directory)"
+    )
+
+
+def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
+    """A quality model from a shipped name, a checkpoint directory, `KonCept512.pth` or a Keras .h5.
+
+    Args:
+      source: the name of a model in `weights/` (e.g. "default"), an orbax checkpoint directory
+        written by `hasmap convert`, a PyTorch `KonCept512.pth` state dict, or a Keras KonCept512
+        `.h5` file (legacy HDF5, with or without `model_weights/`).
+
+    Raises:
+      FileNotFoundError: no such file, directory or shipped model.
+      WeightError: the file is not a KonCept512 of a known layout, or its tensors do not match.
+    """
+    from hasmap_jax.conversion import koncept
+
+    path = _resolve(source)
+    fmt = sniff_format(path)
+    if fmt == "checkpoint":
+        card = checkpoint.read_card(path)
+        if card["kind"] != "quality":
+            raise WeightError(f"{path}: a {card['kind']} model, not a quality model")
+        module = KonCept512.from_config(card["config"])
+        size = tuple(card.get("input_size", (299, 299)))
+        variables = checkpoint.restore(path, koncept.abstract_variables(module, _trace_size(module, size)))
+        return QualityModel(module, variables, card)
+    if fmt == "keras-h5":
+        module, variables = koncept.load_keras(path)
+        variant = "koncept512-keras"
+    else:
+        module, variables = koncept.load_torch(path)
+        variant = "koncept512-pytorch"
+    card = _quality_card(variant, module, path, fmt)
+    return QualityModel(module, variables, card)
+
+
+def _trace_size(module: KonCept512, size: tuple[int, int]) -> tuple[int, int]:
+    # Shapes of variables do not depend on the input size; any size the pooling accepts will do.
+    return size if module.pooling == "window8" else (75, 75)
+
+
+def _quality_card(variant: str, module: KonCept512, path: Path, fmt: str) -> dict[str, Any]:
+    return {
+        "kind": "quality",
+        "variant": variant,
+        "architecture": "KonCept512: InceptionResNetV2 + MLP head",
+        "config": module.config(),
+        "input_size": list(KONCEPT_INPUT_SIZE),
+        "preprocessing": "RGB in [0, 1] -> (x - 0.5) / 0.5; images scored at the size given",
+        "output": "quality score, about 0..100 (KonIQ-10k MOS scale)",
+        "source": {"file": path.name, "format": fmt, "sha256": checkpoint.sha256_file(path)},
+    }
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Converts a KonCept512 `.pth` / `.h5` (or a sensitivity network) into an orbax checkpoint.
+
+    Writes `dst/variables/` and `dst/model_card.json` atomically; `dst` must not exist.
+    """
+    dst = Path(dst).expanduser()
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists; choose a new output path (nothing was written)")
+    src_path = _resolve(src)
+    if sniff_format(src_path) == "checkpoint":
+        raise WeightError(f"{src_path} is already a hasmap_jax checkpoint; copy it instead")
+    kind = _detect_kind(src_path)
+    model = load_quality_model(src_path) if kind == "quality" else load_sensitivity_model(src_path)
+    card = {
+        **model.card,
+        "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return checkpoint.save(dst, model.variables, card)
+
+
+def _detect_kind(path: Path) -> str:
+    fmt = sniff_format(path)
+    if fmt == "keras-h5":
+        from hasmap_jax.conversion.keras_h5 import read_layers
+
+        layers = read_layers(path)
+        return "quality" if "conv_7b" in layers or "fc_out" in layers else "sensitivity"
+    from hasmap_jax.conversion.torch_state import read_state_dict
+
+    keys = read_state_dict(path).keys()
+    return "quality" if any(k.startswith(("base.", "fc.")) for k in keys) else "sensitivity"
