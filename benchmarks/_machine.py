@@ -70,6 +70,8 @@ def describe_machine() -> dict[str, Any]:
         "cpu_cores_usable": usable_cores,
         "host_memory_bytes": _mem_total_bytes(),
         "os": f"{platform.system()} {platform.release()}",
+        # Other work on the host skews CPU timings; the 1-minute load average at start shows it.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
         "environment": env,
     }
@@ -81,12 +83,13 @@ def _gib(n: int | None) -> str:
 
 def format_machine(m: dict[str, Any]) -> str:
     """Human-readable lines for `describe_machine()`'s result."""
+    load = m["load_average_1min"]
     lines = [
         f"software : python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, flax {m['flax']}",
         f"backend  : {m['backend']}, {m['device_count']} x {m['device_kind']}"
         f" ({m['process_count']} process(es)); device memory limit {_gib(m['device_memory_limit_bytes'])}",
         f"host     : {m['cpu_model']}, {m['cpu_cores']} cores ({m['cpu_cores_usable']} usable),"
-        f" {_gib(m['host_memory_bytes'])} RAM, {m['os']}",
+        f" {_gib(m['host_memory_bytes'])} RAM, {m['os']}, load average {'n/a' if load is None else f'{load:.2f}'}",
         f"precision: jax_default_matmul_precision={m['default_matmul_precision']}",
     ]
     if m["environment"]:

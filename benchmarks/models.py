@@ -53,6 +53,7 @@ class Settings:
     height: int = 384
     width: int = 512
     dtype: str = "float32"
+    koncept_variant: str = "koncept512-pytorch"
     vgg_head: str = "fcn"
     repeats: int = 5
     warmup: int = 1
@@ -60,7 +61,9 @@ class Settings:
     isolate: bool = True
 
 
-def build_model(name: str, *, dtype: str = "float32", vgg_head: str = "fcn") -> Any:
+def build_model(
+    name: str, *, dtype: str = "float32", koncept_variant: str = "koncept512-pytorch", vgg_head: str = "fcn"
+) -> Any:
     """The Flax module benchmarked as `name` ("koncept" or "vgg"), computing in `dtype`.
 
     bfloat16 sets the module's computation `dtype` (parameters stay float32, Flax's mixed-precision
@@ -71,7 +74,7 @@ def build_model(name: str, *, dtype: str = "float32", vgg_head: str = "fcn") -> 
     if name == "koncept":
         from hasmap_jax.models.koncept import koncept512
 
-        module = koncept512("koncept512-pytorch")
+        module = koncept512(koncept_variant)
     elif name == "vgg":
         from hasmap_jax.models.vgg16 import SensitivityNet
 
@@ -155,12 +158,13 @@ def bench_one(name: str, batch: int, s: Settings) -> dict[str, Any]:
     import jax.numpy as jnp
 
     device = jax.devices()[0]
-    module = build_model(name, dtype=s.dtype, vgg_head=s.vgg_head)
+    module = build_model(name, dtype=s.dtype, koncept_variant=s.koncept_variant, vgg_head=s.vgg_head)
     key_params, key_images = jax.random.split(jax.random.key(s.seed))
     images = jax.random.uniform(key_images, (batch, s.height, s.width, 3), jnp.float32)
     # Parameters do not depend on the batch size; one image initialises them.
-    variables = jax.jit(module.init)({"params": key_params}, images[:1])
-    jax.block_until_ready(variables)
+    t0 = time.perf_counter()
+    variables = jax.block_until_ready(jax.jit(module.init)({"params": key_params}, images[:1]))
+    init_s = time.perf_counter() - t0
     n_params = sum(x.size for x in jax.tree.leaves(variables.get("params", variables)))
 
     def forward(v, x):
@@ -171,7 +175,7 @@ def bench_one(name: str, batch: int, s: Settings) -> dict[str, Any]:
 
     input_grad = jax.grad(output_sum, argnums=1)
 
-    row: dict[str, Any] = {"model": name, "batch": batch, "params": int(n_params)}
+    row: dict[str, Any] = {"model": name, "batch": batch, "params": int(n_params), "init_s": init_s}
     for phase, fn in (("fwd", forward), ("grad", input_grad)):
         compiled, t_lower, t_compile = _compile(fn, variables, images)
         out_shape = jax.eval_shape(fn, variables, images).shape
@@ -212,13 +216,19 @@ def _run_worker(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _in_subprocess(payload: dict[str, Any]) -> dict[str, Any]:
     """Runs `_run_worker(payload)` in a fresh interpreter (same environment) and returns its result."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(payload)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    here = os.path.abspath(__file__)
+    # The worker runs this file as a script; put the repository root on its path so that
+    # `hasmap_jax` imports however this process found it (`-m`, PYTHONPATH or an install).
+    root = os.path.dirname(os.path.dirname(here))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, here, "--worker", json.dumps(payload)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT_TAG):
             return json.loads(line[len(_RESULT_TAG) :])
     tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-    return {"model": payload.get("model"), "batch": payload.get("batch"), "error": f"worker exit {proc.returncode}: {tail}"}
+    error = f"worker exit {proc.returncode}: {tail}"
+    return {"model": payload.get("model"), "batch": payload.get("batch"), "error": error}
 
 
 def run(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -228,14 +238,20 @@ def run(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     # preallocated share of device memory away from the workers.
     call = _in_subprocess if s.isolate else _run_worker
     machine = call({"task": "describe", "settings": settings})
+    if "error" in machine:
+        raise SystemExit(f"could not start JAX: {machine['error']}")
     rows = []
     for name in s.models:
         for batch in s.batch_sizes:
             print(f"[bench] {name} batch {batch} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             row = call({"task": "bench", "model": name, "batch": batch, "settings": settings})
-            print(f"[bench] {name} batch {batch} done in {time.perf_counter() - t0:.1f} s"
-                  + (f" -- {row['error']}" if "error" in row else ""), file=sys.stderr, flush=True)
+            print(
+                f"[bench] {name} batch {batch} done in {time.perf_counter() - t0:.1f} s"
+                + (f" -- {row['error']}" if "error" in row else ""),
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(row)
     return machine, rows
 
@@ -244,19 +260,20 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f}"
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per (model, batch size); the legend says where each memory figure comes from."""
     head = [
-        ("model", "<"), ("batch", ">"),
-        ("compile fwd s", ">"), ("compile grad s", ">"),
-        ("fwd ms/img", ">"), ("fwd img/s", ">"),
-        ("grad ms/img", ">"), ("grad img/s", ">"),
+        ("model", "<"),
+        ("batch", ">"),
+        ("compile fwd s", ">"),
+        ("compile grad s", ">"),
+        ("fwd ms/img", ">"),
+        ("fwd img/s", ">"),
+        ("grad ms/img", ">"),
+        ("grad img/s", ">"),
         ("GFLOP/img f+g", ">"),
-        ("xla est. MiB f/g", ">"), ("peak MiB f/g", ">"),
+        ("xla est. MiB f/g", ">"),
+        ("peak MiB f/g", ">"),
     ]
     body = []
     sources = set()
@@ -269,27 +286,34 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         gflop = "-"
         if f["gflop_per_image"] is not None and g["gflop_per_image"] is not None:
             gflop = f"{f['gflop_per_image']:.1f}+{g['gflop_per_image']:.1f}"
-        body.append([
-            r["model"], str(r["batch"]),
-            f"{f['lower_compile_s']:.1f}", f"{g['lower_compile_s']:.1f}",
-            f"{f['per_image_s'] * 1e3:,.1f}", f"{f['images_per_s']:,.2f}",
-            f"{g['per_image_s'] * 1e3:,.1f}", f"{g['images_per_s']:,.2f}",
-            gflop,
-            f"{_mib(f['xla_memory']['estimate_bytes'])}/{_mib(g['xla_memory']['estimate_bytes'])}",
-            f"{_mib(f['peak_bytes'])}/{_mib(g['peak_bytes'])}",
-        ])
-    widths = [len(h) for h, _ in head]
-    for line in body:
-        if len(line) == len(head):
-            widths = [max(w, len(c)) for w, c in zip(widths, line)]
+        body.append(
+            [
+                r["model"],
+                str(r["batch"]),
+                f"{f['lower_compile_s']:.1f}",
+                f"{g['lower_compile_s']:.1f}",
+                f"{f['per_image_s'] * 1e3:,.1f}",
+                f"{f['images_per_s']:,.2f}",
+                f"{g['per_image_s'] * 1e3:,.1f}",
+                f"{g['images_per_s']:,.2f}",
+                gflop,
+                f"{_mib(f['xla_memory']['estimate_bytes'])}/{_mib(g['xla_memory']['estimate_bytes'])}",
+                f"{_mib(f['peak_bytes'])}/{_mib(g['peak_bytes'])}",
+            ]
+        )
+    widths = [
+        max([len(h)] + [len(cells[i]) for cells in body if i < 2 or len(cells) == len(head)])
+        for i, (h, _) in enumerate(head)
+    ]
 
     def fmt(cells: list[str]) -> str:
-        if len(cells) < len(head):  # An error row spans the measurement columns.
-            return "  ".join(format(c, a + str(w)) for c, (_, a), w in zip(cells[:2], head, widths)) + "  " + cells[2]
-        return "  ".join(format(c, a + str(w)) for c, (_, a), w in zip(cells, head, widths))
+        # An error row has three cells; the third runs on over the measurement columns.
+        n = 2 if len(cells) < len(head) else len(head)
+        text = "  ".join(format(c, a + str(w)) for c, (_, a), w in zip(cells[:n], head[:n], widths[:n], strict=True))
+        return text + ("  " + cells[2] if n == 2 else "")
 
     lines = [fmt([h for h, _ in head]), "  ".join("-" * w for w in widths)]
-    lines += [fmt(line) for line in body]
+    lines += [fmt(cells) for cells in body]
     lines += [
         "",
         "compile = jax.jit(f).lower(variables, images).compile() wall time; fwd = forward pass,",
@@ -298,11 +322,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "xla est. = compiled.memory_analysis() argument + output + temp bytes of the fwd / grad program.",
     ]
     if sources == {"process peak RSS"}:
-        lines.append("peak = process peak RSS (getrusage) after the fwd / grad phase; includes the Python and XLA")
-        lines.append("       runtime and compiler memory, so it is an upper bound.")
+        lines.append("peak = process peak RSS (getrusage) after the fwd / grad phase; it includes the Python and XLA")
+        lines.append("       runtime, parameter init and compiler memory, so it is an upper bound.")
     elif sources:
-        lines.append(f"peak = {' / '.join(sorted(sources))} after the fwd / grad phase (running peak of the process;")
-        lines.append("       on GPU it may include XLA's autotuning scratch during compilation).")
+        lines.append(f"peak = {' / '.join(sorted(sources))} after the fwd / grad phase: the process's running peak,")
+        lines.append("       which on GPU may include XLA's autotuning scratch during compilation.")
     return "\n".join(lines)
 
 
@@ -324,14 +348,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=_csv_ints, default=(1, 2, 4), help="comma-separated (default 1,2,4)")
     p.add_argument("--height", type=int, default=384, help="image height (default 384)")
     p.add_argument("--width", type=int, default=512, help="image width (default 512)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="computation dtype of the models (parameters stay float32)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="computation dtype of the models (parameters stay float32)",
+    )
+    p.add_argument(
+        "--koncept-variant",
+        choices=("koncept512-pytorch", "koncept512-keras"),
+        default="koncept512-pytorch",
+        help="KonCept512 layout (default koncept512-pytorch, the MediaEval 2020 target; its head needs"
+        " inputs of about 299..555 px per side, the keras one takes any size)",
+    )
     p.add_argument("--vgg-head", choices=("fcn", "conv3x3"), default="fcn", help="SensitivityNet head (default fcn)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per program; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-isolate", dest="isolate", action="store_false",
-                   help="run every row in this process instead of a fresh one per row")
+    p.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="run every row in this process instead of a fresh one per row",
+    )
     p.add_argument("--json", metavar="PATH", help="also write machine, settings and rows as JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -346,21 +385,34 @@ def main(argv: list[str] | None = None) -> None:
         print(_RESULT_TAG + json.dumps(_run_worker(json.loads(args.worker))), flush=True)
         return
     s = Settings(
-        models=args.models, batch_sizes=args.batch_sizes, height=args.height, width=args.width,
-        dtype=args.dtype, vgg_head=args.vgg_head, repeats=args.repeats, warmup=args.warmup,
-        seed=args.seed, isolate=args.isolate,
+        models=args.models,
+        batch_sizes=args.batch_sizes,
+        height=args.height,
+        width=args.width,
+        dtype=args.dtype,
+        koncept_variant=args.koncept_variant,
+        vgg_head=args.vgg_head,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        isolate=args.isolate,
     )
     machine, rows = run(s)
     print(format_machine(machine))
     print(
         f"settings : models={','.join(s.models)} batch sizes={','.join(map(str, s.batch_sizes))}"
-        f" input={s.height}x{s.width} (HxW) dtype={s.dtype} vgg head={s.vgg_head} repeats={s.repeats}"
+        f" input={s.height}x{s.width} (HxW) dtype={s.dtype}"
+        f" koncept={s.koncept_variant} vgg head={s.vgg_head} repeats={s.repeats}"
         f" warmup={s.warmup} seed={s.seed} isolate={s.isolate}; random weights"
     )
+    described = set()
     for r in rows:
-        if "error" not in r:
-            print(f"model    : {r['model']} batch {r['batch']}: {r['params']:,} parameters,"
-                  f" output {r['fwd']['output_shape']}") if r["batch"] == s.batch_sizes[0] else None
+        if "error" not in r and r["model"] not in described:
+            described.add(r["model"])
+            print(
+                f"model    : {r['model']}: {r['params']:,} parameters; at batch {r['batch']} the forward"
+                f" output is {tuple(r['fwd']['output_shape'])}, the gradient {tuple(r['grad']['output_shape'])}"
+            )
     print()
     print(format_table(rows))
     if args.json:

@@ -41,14 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert KonCept512 .pth / .h5 weights into a hasmap_jax checkpoint")
-    c.add_argument("src", help="KonCept512.pth (PyTorch), koncep512-trained-model.h5 (Keras) or a VGG16 sensitivity model")
+    c.add_argument(
+        "src", help="KonCept512.pth (PyTorch), koncep512-trained-model.h5 (Keras) or a VGG16 sensitivity model"
+    )
     c.add_argument("dst", type=Path, help="new checkpoint directory (must not exist)")
     c.set_defaults(func=_convert)
 
     s = sub.add_parser("score", help="print each image's quality score")
     s.add_argument("images", nargs="+", help="image files, scored at their own size")
-    s.add_argument("--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)")
-    s.add_argument("--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)")
+    s.add_argument(
+        "--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)"
+    )
+    s.add_argument(
+        "--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)"
+    )
     s.set_defaults(func=_score)
     return p
 

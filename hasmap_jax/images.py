@@ -20,14 +20,14 @@ def as_unit_float(images, *, name: str = "images") -> np.ndarray:
         raise ValueError(f"{name}: expected a batch (N, H, W, 3), got one image {a.shape}; pass images[None]")
     if a.ndim != 4 or a.shape[-1] != 3:
         raise ValueError(f"{name}: expected RGB images as an (N, H, W, 3) array, got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name}: an empty batch")
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name}: expected uint8 or float pixels, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.integer):
-        raise ValueError(
-            f"{name}: integer dtype {a.dtype} is ambiguous; pass uint8 (0..255) or float in [0, 1]"
-        )
+        raise ValueError(f"{name}: integer dtype {a.dtype} is ambiguous; pass uint8 (0..255) or float in [0, 1]")
     a = a.astype(np.float32)
     if a.size and (not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0):
         raise ValueError(

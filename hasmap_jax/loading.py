@@ -33,21 +33,12 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in d.iterdir() if checkpoint.is_checkpoint(p)) if d.is_dir() else []
 
 
-@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True, eq=False)
-class QualityModel:
-    """A blind image quality model (KonCept512 architecture) with its weights.
+class _LoadedModel:
+    """A Flax module with its weights and model card, as a pytree: the weights are the leaves, the
+    module and card are static, so passing it to a `jax.jit`-ed function compiles once per module."""
 
-    A pytree: pass it to `jax.jit`-ed functions as an argument; the weights are its leaves, the
-    module and card are static. `apply` and `logits` are traceable; `score` is the host API.
-
-    Attributes:
-      module: the Flax module (a `KonCept512`).
-      variables: {"params": ..., "batch_stats": ...}.
-      card: the model card (variant, source, input size, ...).
-    """
-
-    module: KonCept512
+    module: Any
     variables: Any
     card: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -57,6 +48,19 @@ class QualityModel:
     @classmethod
     def tree_unflatten(cls, aux, children):
         return cls(aux[0], children[0], json.loads(aux[1]))
+
+
+@jax.tree_util.register_pytree_node_class
+class QualityModel(_LoadedModel):
+    """A blind image quality model (KonCept512 architecture) with its weights.
+
+    `apply` and `logits` are traceable (use them inside `jit`, `grad`, `vmap`); `score` is the host API.
+
+    Attributes:
+      module: the Flax module (a `KonCept512`).
+      variables: {"params": ..., "batch_stats": ...}.
+      card: the model card (variant, source, input size, ...).
+    """
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -68,7 +72,7 @@ class QualityModel:
         return self.module.apply(self.variables, images)[0]
 
     def logits(self, images: jax.Array, threshold: float = 50.0) -> jax.Array:
-        """(N, 2) logits [high, low]: "high" wins exactly when the score exceeds `threshold`."""
+        """(N, 2) logits [high, low]; see `quality_logits` (high <=> score > threshold)."""
         return quality_logits(self.apply(images), threshold)
 
     def score(self, images, *, batch_size: int | None = None) -> np.ndarray:
@@ -77,11 +81,37 @@ class QualityModel:
         Images are scored as given (no resizing); KonCept512 was trained at 384x512 (HxW).
         One compilation per distinct batch shape; `batch_size` splits large batches.
         """
-        x = as_unit_float(images)
-        n = len(x)
-        step = batch_size or max(n, 1)
-        out = [np.asarray(_score(self, jnp.asarray(x[i : i + step]))) for i in range(0, n, step)]
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        return _batched(_score, self, as_unit_float(images), batch_size)
+
+
+@jax.tree_util.register_pytree_node_class
+class SensitivityModel(_LoadedModel):
+    """A human sensitivity map model (VGG16 `SensitivityNet`) with its weights.
+
+    Attributes:
+      module: the Flax module (a `SensitivityNet`).
+      variables: {"params": {"backbone": ..., "head": ...}}.
+      card: the model card.
+    """
+
+    def apply(self, images: jax.Array) -> jax.Array:
+        """Maps (N, H, W) in [0, 1] of float images (N, H, W, 3) in [0, 1]. Traceable."""
+        return self.module.apply(self.variables, images)[0]
+
+    def map(self, images, *, batch_size: int | None = None) -> np.ndarray:
+        """Sensitivity maps (N, H, W) in [0, 1] (1 = a change is most noticeable) of RGB images
+        (N, H, W, 3), uint8 or float in [0, 1], at the images' own size (at least 32x32)."""
+        return _batched(_map, self, as_unit_float(images), batch_size)
+
+
+def _batched(fn, model, x: np.ndarray, batch_size: int | None) -> np.ndarray:
+    step = batch_size or len(x)
+    return np.concatenate([np.asarray(fn(model, jnp.asarray(x[i : i + step]))) for i in range(0, len(x), step)])
+
+
+@jax.jit
+def _map(model: SensitivityModel, x: jax.Array) -> jax.Array:
+    return model.apply(x)
 
 
 @jax.jit
@@ -99,14 +129,13 @@ def _resolve(source: str | os.PathLike) -> Path:
             return shipped
         names = ", ".join(shipped_models()) or "none"
         raise FileNotFoundError(
-            f"{source!r} is neither a file nor a directory, nor a model shipped in {weights_dir()} "
-            f"(shipped: {names})"
+            f"{source!r} is neither a file nor a directory, nor a model shipped in {weights_dir()} (shipped: {names})"
         )
     raise FileNotFoundError(f"{source}: no such file or directory")
 
 
 def sniff_format(path: Path) -> str:
-    """"checkpoint", "keras-h5" or "torch", from the directory or the file's first bytes."""
+    """ "checkpoint", "keras-h5" or "torch", from the directory or the file's first bytes."""
     if path.is_dir():
         if checkpoint.is_checkpoint(path):
             return "checkpoint"
@@ -157,6 +186,60 @@ def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
     return QualityModel(module, variables, card)
 
 
+def load_sensitivity_model(source: str | os.PathLike) -> SensitivityModel:
+    """A sensitivity map model from a shipped name, a checkpoint directory or the authors' Keras .h5.
+
+    Args:
+      source: the name of a model in `weights/`, an orbax checkpoint directory (from `hasmap convert`
+        or sensitivity training), or a Keras h5 of the authors' network (VGG16 + one 3x3 head conv).
+
+    A file with VGG16 weights but no trained head (torchvision `vgg16.pth`, Keras `VGG16` h5) is not
+    a sensitivity model: it is refused here. Use it to initialise training instead
+    (`hasmap_jax.conversion.vgg16.load_torch` / `load_keras`).
+
+    Raises:
+      FileNotFoundError: no such file, directory or shipped model.
+      WeightError: not a sensitivity model, or its tensors do not match.
+    """
+    from hasmap_jax.conversion import vgg16 as vgg_conversion
+    from hasmap_jax.models.vgg16 import SensitivityNet
+
+    path = _resolve(source)
+    fmt = sniff_format(path)
+    if fmt == "checkpoint":
+        card = checkpoint.read_card(path)
+        if card["kind"] != "sensitivity":
+            raise WeightError(f"{path}: a {card['kind']} model, not a sensitivity model")
+        module = SensitivityNet.from_config(card["config"])
+        expected = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3))))
+        return SensitivityModel(module, checkpoint.restore(path, expected), card)
+    if fmt == "keras-h5":
+        from hasmap_jax.conversion.keras_h5 import read_layers
+
+        if "head_conv" not in vgg_conversion.from_keras_layers(read_layers(path), source=str(path)):
+            raise WeightError(_NO_HEAD.format(path=path))
+        module, variables = vgg_conversion.load_keras(path)
+    else:
+        raise WeightError(_NO_HEAD.format(path=path))
+    card = {
+        "kind": "sensitivity",
+        "variant": f"vgg16-{module.head}",
+        "architecture": "VGG16 backbone + sensitivity head",
+        "config": module.config(),
+        "preprocessing": f"RGB in [0, 1], {module.normalization} normalisation inside the model",
+        "output": "sensitivity map in [0, 1] at the input size (1 = a change is most noticeable)",
+        "source": {"file": path.name, "format": fmt, "sha256": checkpoint.sha256_file(path)},
+    }
+    return SensitivityModel(module, variables, card)
+
+
+_NO_HEAD = (
+    "{path}: VGG16 weights without a trained sensitivity head (a 3x3 'head_conv' or FCN score "
+    "convs); a map from it would be meaningless. Use a trained sensitivity model, or these weights "
+    "to initialise training (hasmap_jax.conversion.vgg16.load_torch / load_keras)."
+)
+
+
 def _trace_size(module: KonCept512, size: tuple[int, int]) -> tuple[int, int]:
     # Shapes of variables do not depend on the input size; any size the pooling accepts will do.
     return size if module.pooling == "window8" else (75, 75)
@@ -188,9 +271,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise WeightError(f"{src_path} is already a hasmap_jax checkpoint; copy it instead")
     kind = _detect_kind(src_path)
     model = load_quality_model(src_path) if kind == "quality" else load_sensitivity_model(src_path)
+    # `model.card` describes the source file; the checkpoint records when it was made from it.
     card = {
         **model.card,
-        "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return checkpoint.save(dst, model.variables, card)
 

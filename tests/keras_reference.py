@@ -20,13 +20,13 @@ def koncept512_keras(input_shape=(299, 331, 3), seed: int = 0, head_widths=(2048
     keras.backend.clear_session()
     base = keras.applications.InceptionResNetV2(weights=None, include_top=False, input_shape=input_shape)
     x = keras.layers.GlobalAveragePooling2D(name="final_gap")(base.output)
-    for i, (n, rate) in enumerate(zip(head_widths, (0.25, 0.25, 0.5))):
+    for i, (n, rate) in enumerate(zip(head_widths, (0.25, 0.25, 0.5), strict=True)):
         x = keras.layers.Dense(n, activation="relu", name=f"fc_fc{i}")(x)
         x = keras.layers.BatchNormalization(name=f"fc_bn{i}")(x)
         x = keras.layers.Dropout(rate, name=f"fc_do{i}")(x)
     x = keras.layers.Dense(1, name="fc_out")(x)
     model = keras.Model(base.input, x)
-    calibrate_batchnorm(model, (4, *input_shape), seed)
+    calibrate_batchnorm(model, (2, *input_shape), seed)
     return model
 
 

@@ -11,15 +11,11 @@ def _stub_torchvision() -> None:
     """Lets `import timm` work: the torchvision that pip pairs with it here fails to import.
 
     timm only needs torchvision for data transforms and a few ops we never call; a module whose
-    attributes are inert placeholders satisfies its imports. Real torch stays untouched.
+    attributes are inert placeholders satisfies its imports. Real torch stays untouched. The real
+    torchvision is never tried: a failed import leaves torch's operator registry half-changed.
     """
-    try:
-        import torchvision  # noqa: F401
-
+    if "torchvision" in sys.modules:
         return
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
 
     class _Placeholder:
         def __init__(self, *args, **kwargs):

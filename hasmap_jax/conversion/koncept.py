@@ -149,16 +149,22 @@ def conv_bn_order(model: nn.Module, size: tuple[int, int] = (299, 299)) -> list[
 
 
 _KERAS_BLOCK = re.compile(r"(block35|block17|block8)_(\d+)_conv")
-_KERAS_BN = {"gamma": ("params", "scale"), "beta": ("params", "bias"), "moving_mean": ("batch_stats", "mean"),
-             "moving_variance": ("batch_stats", "var")}
+_KERAS_BN = {
+    "gamma": ("params", "scale"),
+    "beta": ("params", "bias"),
+    "moving_mean": ("batch_stats", "mean"),
+    "moving_variance": ("batch_stats", "var"),
+}
 _KERAS_DENSE = {"kernel": ("params", "kernel"), "bias": ("params", "bias")}
 
 
 def infer_keras_config(layers: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Width, depths and head widths of a Keras KonCept512 file's layers."""
     try:
-        counts = {t: max(int(m.group(2)) for n in layers if (m := _KERAS_BLOCK.fullmatch(n)) and m.group(1) == t)
-                  for t in ("block35", "block17", "block8")}
+        counts = {
+            t: max(int(m.group(2)) for n in layers if (m := _KERAS_BLOCK.fullmatch(n)) and m.group(1) == t)
+            for t in ("block35", "block17", "block8")
+        }
         width = layers["conv_7b"]["kernel"].shape[-1] / 1536
         head = tuple(int(layers[f"fc_fc{i}"]["kernel"].shape[-1]) for i in range(3))
     except (KeyError, ValueError) as e:
@@ -192,7 +198,7 @@ def from_keras_layers(
             f"{source}: the backbone has {len(units)} unnamed conv+BN units, the file has {len(convs)} "
             f"'conv2d_N' and {len(bns)} 'batch_normalization_N' layers; is this the InceptionResNetV2 you meant?"
         )
-    for path, conv, bn in zip(units, convs, bns):
+    for path, conv, bn in zip(units, convs, bns, strict=True):
         put(conv, (*path, "conv"), _KERAS_DENSE)
         put(bn, (*path, "bn"), _KERAS_BN)
     for name in layers:

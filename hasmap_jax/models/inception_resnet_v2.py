@@ -159,19 +159,31 @@ class InceptionResNetV2(nn.Module):
             x, train
         )
         for i in range(self.depths[0]):
-            x = ResidualBlock("block35", 0.17, width=self.width, conv=conv, dtype=self.dtype, name=f"block35_{i + 1}")(x, train)
+            x = ResidualBlock("block35", 0.17, width=self.width, conv=conv, dtype=self.dtype, name=f"block35_{i + 1}")(
+                x, train
+            )
         aux["block35"] = x
 
         x = Mixed6a(conv=conv, width=self.width, name="mixed_6a")(x, train)
         for i in range(self.depths[1]):
-            x = ResidualBlock("block17", 0.10, width=self.width, conv=conv, dtype=self.dtype, name=f"block17_{i + 1}")(x, train)
+            x = ResidualBlock("block17", 0.10, width=self.width, conv=conv, dtype=self.dtype, name=f"block17_{i + 1}")(
+                x, train
+            )
         aux["block17"] = x
 
         x = Mixed7a(conv=conv, width=self.width, name="mixed_7a")(x, train)
         for i in range(self.depths[2]):
-            x = ResidualBlock("block8", 0.20, width=self.width, conv=conv, dtype=self.dtype, name=f"block8_{i + 1}")(x, train)
+            x = ResidualBlock("block8", 0.20, width=self.width, conv=conv, dtype=self.dtype, name=f"block8_{i + 1}")(
+                x, train
+            )
         x = ResidualBlock(
-            "block8", 1.0, activation=False, width=self.width, conv=conv, dtype=self.dtype, name=f"block8_{self.depths[2] + 1}"
+            "block8",
+            1.0,
+            activation=False,
+            width=self.width,
+            conv=conv,
+            dtype=self.dtype,
+            name=f"block8_{self.depths[2] + 1}",
         )(x, train)
         aux["block8"] = x
 

@@ -17,13 +17,13 @@ Both take RGB in [0, 1] and normalise to [-1, 1] ((x - 0.5) / 0.5 is exactly Ker
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hasmap_jax.models._config import ConfigMixin
 from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2, channels
 
 Array = jax.Array
@@ -32,7 +32,7 @@ Array = jax.Array
 KONCEPT_INPUT_SIZE = (384, 512)
 
 
-class KonCept512(nn.Module):
+class KonCept512(ConfigMixin, nn.Module):
     """InceptionResNetV2 backbone + KonCept regression head.
 
     Attributes:
@@ -62,21 +62,6 @@ class KonCept512(nn.Module):
     input_std: float = 0.5
     dtype: Any = jnp.float32
 
-    def config(self) -> dict[str, Any]:
-        """The attributes that define the network, JSON-serialisable (for model cards)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name in ("parent", "name", "dtype"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "KonCept512":
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        return cls(**kwargs)
-
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         x = (images.astype(self.dtype) - self.input_mean) / self.input_std
@@ -91,12 +76,12 @@ class KonCept512(nn.Module):
         )(x, train)
         pooled = pool_features(features, self.pooling)
         y = pooled.astype(jnp.float32)
-        for i, (n, rate) in enumerate(zip(self.head_widths, self.dropout_rates)):
+        for i, (n, rate) in enumerate(zip(self.head_widths, self.dropout_rates, strict=True)):
             y = nn.Dense(channels(n, 1.0), name=f"fc_fc{i}")(y)
             y = nn.relu(y)
-            y = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=self.head_bn_epsilon, name=f"fc_bn{i}")(
-                y
-            )
+            y = nn.BatchNorm(
+                use_running_average=not train, momentum=0.99, epsilon=self.head_bn_epsilon, name=f"fc_bn{i}"
+            )(y)
             y = nn.Dropout(rate, deterministic=not train)(y)
         scores = nn.Dense(1, name="fc_out")(y)[:, 0]
         return scores, {"features": features, "pooled": pooled, **aux}
@@ -122,6 +107,8 @@ def quality_logits(scores: Array, threshold: float = 50.0) -> Array:
     """Two-class view [high, low] of quality scores: "high" wins exactly when score > threshold.
 
     Follows the authors' code: Z = [50 + s - tau, 50 - s + tau], so Z_high - Z_low = 2 (s - tau).
+    At s == tau exactly the logits tie; the rating there is "low" (high <=> s > tau), so decide
+    with `scores > threshold`, not with an argmax.
 
     Args:
       scores: (...,) quality scores.
