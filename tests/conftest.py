@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,3 +23,28 @@ def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
     base = np.stack([yy, xx, 0.5 * (yy + xx)], axis=-1)[None]
     return np.clip(0.6 * base + 0.4 * r.rand(n, height, width, 3), 0, 1).astype(np.float32)
+
+
+@jax.tree_util.register_pytree_node_class
+class ToyQuality:
+    """A tiny differentiable stand-in for a quality model (same `apply` contract as QualityModel):
+    score = bias + gain * tanh(sum(weights * (x - 0.5))). Fast and easy to reason about."""
+
+    def __init__(self, weights, bias=60.0, gain=40.0):
+        self.weights, self.bias, self.gain = weights, bias, gain
+
+    def apply(self, images):
+        z = jnp.sum(self.weights * (images - 0.5), axis=(1, 2, 3))
+        return self.bias + self.gain * jnp.tanh(z)
+
+    def tree_flatten(self):
+        return (self.weights, self.bias, self.gain), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def toy_model(height: int, width: int, seed: int = 0, scale: float = 1e-2) -> ToyQuality:
+    w = scale * np.abs(np.random.RandomState(seed).randn(height, width, 3)).astype(np.float32)
+    return ToyQuality(jnp.asarray(w))

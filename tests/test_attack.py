@@ -1,0 +1,191 @@
+"""The HASMap attack: loss terms, gradients, compiled-loop properties, and behaviour."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_images, toy_model
+
+from hasmap_jax import attack as A
+from hasmap_jax.models.koncept import quality_logits
+
+H, W = 24, 32
+
+
+@pytest.fixture(scope="module")
+def batch():
+    x = (random_images(3, H, W, seed=5) * 255).round().astype(np.uint8)
+    return x, toy_model(H, W, seed=1)
+
+
+# ---------------------------------------------------------------- loss terms, by hand
+
+
+def test_weighted_distortion_by_hand():
+    d = np.zeros((2, 2, 3), np.float32)
+    d[0, 0] = [0.1, 0.2, 0.0]
+    d[1, 1, 2] = -0.5
+    s = np.array([[0.5, 1.0], [0.0, 0.2]], np.float32)
+    # ||S * d||^2 = 0.5^2 (0.1^2 + 0.2^2) + 0.2^2 * 0.5^2
+    expected = 0.25 * 0.05 + 0.04 * 0.25
+    np.testing.assert_allclose(A.weighted_distortion(jnp.asarray(d), jnp.asarray(s)), expected, rtol=1e-6)
+
+
+def test_cw_loss_by_hand():
+    z = quality_logits(jnp.array(62.0), 50.0)  # [62, 38]
+    np.testing.assert_allclose(A.cw_loss(z), 24.0)
+    np.testing.assert_allclose(A.cw_loss(z, confidence=5.0), 29.0)
+    assert float(A.cw_loss(quality_logits(jnp.array(45.0), 50.0))) == 0.0  # rated low: zero
+    np.testing.assert_allclose(A.cw_loss(quality_logits(jnp.array(45.0), 50.0), 12.0), 2.0)  # margin
+
+
+def test_tanh_space_roundtrip_and_quantize():
+    x = jnp.array([0.0, 1.0, 128.0, 254.0, 255.0]) / 255.0
+    np.testing.assert_allclose(jnp.round(A.from_tanh_space(A.to_tanh_space(x)) * 255), x * 255, atol=1e-6)
+    q = jax.grad(lambda v: jnp.sum(A.quantize(v) * jnp.arange(3.0)))(jnp.array([0.1, 0.2, 0.3]))
+    np.testing.assert_allclose(q, [0.0, 1.0, 2.0])  # straight-through
+    np.testing.assert_allclose(A.quantize(jnp.array([0.1, 0.5])) * 255, [26.0, 128.0], atol=1e-4)
+
+
+def test_hasmap_loss_value_and_gradient_by_hand(batch):
+    x8, model = batch
+    x = jnp.asarray(x8[0] / 255.0, jnp.float32)
+    s = jnp.asarray(np.random.RandomState(2).rand(H, W).astype(np.float32))
+    w = A.to_tanh_space(x) + 0.05 * jnp.asarray(np.random.RandomState(3).randn(H, W, 3).astype(np.float32))
+    alpha = 3.0
+    loss, (dist, lc, score) = A.hasmap_loss(w, x, s, alpha, model, 50.0, 0.0)
+    adv = np.round(np.asarray(A.from_tanh_space(w)) * 255) / 255
+    d = adv - np.asarray(x)
+    z = np.sum(np.asarray(model.weights) * (adv - 0.5))
+    score_hand = 60.0 + 40.0 * np.tanh(z)
+    dist_hand = np.sum((np.asarray(s)[..., None] * d) ** 2)
+    lc_hand = max(2 * (score_hand - 50.0), 0.0)
+    np.testing.assert_allclose([dist, lc, score], [dist_hand, lc_hand, score_hand], rtol=1e-4)
+    np.testing.assert_allclose(loss, alpha * dist_hand + lc_hand, rtol=1e-4)
+    # d loss / d w through the straight-through rounding and the tanh parameterisation.
+    dxdw = (1 - np.tanh(np.asarray(w)) ** 2) / 2
+    dscore = 40.0 * (1 - np.tanh(z) ** 2) * np.asarray(model.weights)
+    grad_hand = (alpha * 2 * np.asarray(s)[..., None] ** 2 * d + (2 * dscore if lc_hand > 0 else 0)) * dxdw
+    grad = jax.grad(lambda w: A.hasmap_loss(w, x, s, alpha, model, 50.0, 0.0)[0])(w)
+    np.testing.assert_allclose(grad, grad_hand, rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the compiled loop
+
+
+def test_vmap_equals_loop_of_single_images(batch):
+    x, model = batch
+    alphas = np.array([0.5, 2.0, 8.0], np.float32)
+    together = A.attack_batch(x, alphas, model=model, sensitivity="uniform", steps=40)
+    for i in range(len(x)):
+        alone = A.attack_batch(x[i : i + 1], alphas[i], model=model, sensitivity="uniform", steps=40)
+        np.testing.assert_array_equal(alone.images[0], together.images[i])
+        assert alone.steps[0] == together.steps[i]
+
+
+def test_jit_equals_eager(batch):
+    x, model = batch
+    xs = jnp.asarray(x[:2] / 255.0, jnp.float32)
+    args = (model, xs, jnp.ones((2, H, W)), jnp.array([1.0, 4.0]), 50.0, 0.0, 0.01)
+    kw = dict(steps=12, search_steps=2, optimizer=None, early_stop=True)
+    compiled = A._attack(*args, **kw)
+    with jax.disable_jit():
+        eager = A._attack(*args, **kw)
+    np.testing.assert_allclose(compiled[0], eager[0], atol=1.5 / 255)  # float order may flip a rounding
+    assert np.mean(np.asarray(compiled[0]) != np.asarray(eager[0])) < 1e-3
+    np.testing.assert_array_equal(compiled[1], eager[1])
+
+
+def test_second_call_with_same_shapes_does_not_compile(batch):
+    x, model = batch
+    A.attack_batch(x, 1.0, model=model, steps=10)
+    before = A._attack._cache_size()
+    other = toy_model(H, W, seed=9)  # new weights, new alpha, new threshold: same program
+    A.attack_batch(x[::-1].copy(), [3.0, 1.0, 2.0], model=other, steps=10, threshold=55.0, learning_rate=0.02)
+    assert A._attack._cache_size() == before
+    A.attack_batch(x, 1.0, model=model, steps=11)  # a different loop length is a new program
+    assert A._attack._cache_size() == before + 1
+
+
+def test_early_stop_freezes_done_images(batch):
+    x, model = batch
+    stopped = A.attack_batch(x, 1.0, model=model, steps=1000, early_stop=True)
+    assert (stopped.steps < 1000).all(), stopped.steps
+    # A stopped image is exactly where an attack without early stop was after as many steps.
+    i = int(np.argmin(stopped.steps))
+    free = A.attack_batch(x, 1.0, model=model, steps=int(stopped.steps[i]), early_stop=False)
+    assert (free.steps == stopped.steps[i]).all()
+    np.testing.assert_array_equal(free.images[i], stopped.images[i])
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def test_result_fields_and_metrics(batch):
+    x, model = batch
+    r = A.attack_batch(x, 1.0, model=model, sensitivity="uniform", steps=60)
+    assert r.images.dtype == np.uint8 and r.images.shape == x.shape
+    assert r.success.all() and (r.score_before > 50).all()
+    np.testing.assert_allclose(r.score_after, model.apply(jnp.asarray(r.images / 255.0, jnp.float32)), rtol=1e-5)
+    d = r.images / 255.0 - x / 255.0
+    np.testing.assert_allclose(r.l2, np.sqrt((d**2).reshape(3, -1).sum(1)), rtol=1e-4)
+    np.testing.assert_allclose(r.linf, np.abs(d).reshape(3, -1).max(1), rtol=1e-5)
+    np.testing.assert_allclose(r.weighted_l2, r.l2, rtol=1e-4)  # uniform map
+    np.testing.assert_allclose(r.psnr, 10 * np.log10(1.0 / (d**2).reshape(3, -1).mean(1)), rtol=1e-3)
+    assert ((r.ssim > 0.5) & (r.ssim <= 1.0)).all()
+
+
+def test_larger_alpha_less_distortion_and_less_success(batch):
+    x, model = batch
+    rs = [A.attack_batch(x, a, model=model, sensitivity="uniform", steps=80) for a in (0.3, 3.0, 300.0)]
+    dist = [r.weighted_l2[r.success].mean() if r.success.any() else 0.0 for r in rs]
+    rate = [r.success.mean() for r in rs]
+    assert dist[0] > dist[1] and rate[0] >= rate[1] >= rate[2]
+    assert rate[2] < 1.0
+
+
+def test_search_rescues_a_too_large_alpha(batch):
+    x, model = batch
+    fixed = A.attack_batch(x, 1e4, model=model, sensitivity="uniform", steps=50)
+    searched = A.attack_batch(x, 1e4, model=model, sensitivity="uniform", steps=50, search_steps=4)
+    assert not fixed.success.any() and searched.success.all()
+    assert (searched.alpha < 1e4).all()
+
+
+def test_energy_goes_where_the_map_is_low(batch):
+    x, model = batch
+    s = np.ones((len(x), H, W), np.float32)
+    s[:, :, : W // 2] = 1.0  # left half: changes are easy to see
+    s[:, :, W // 2 :] = 0.1  # right half: they are not
+    r = A.attack_batch(x, 10.0, model=model, sensitivity=s, steps=100)
+    assert r.success.all()
+    energy = ((r.images.astype(np.float64) - x) ** 2).sum(axis=-1)
+    ratio = energy[:, :, W // 2 :].sum() / energy[:, :, : W // 2].sum()
+    assert ratio > 10, ratio  # uniform map gives about 1; here the right half takes almost all
+
+
+def test_already_low_images_are_returned_unchanged(batch):
+    x, model = batch
+    r = A.attack_batch(x, 1.0, model=model, threshold=99.0, steps=10)
+    assert r.success.all()
+    np.testing.assert_array_equal(r.images, x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(alpha=0.0), "alpha must be positive"),
+        (dict(alpha=[1.0, 2.0]), "broadcast"),
+        (dict(steps=0), "at least 1"),
+        (dict(sensitivity="salient"), "unknown name"),
+        (dict(sensitivity=np.full((3, 5, 5), 0.5)), "one per image"),
+        (dict(sensitivity=np.full((3, H, W), 2.0)), "in \\[0, 1\\]"),
+    ],
+)
+def test_bad_arguments(batch, kwargs, match):
+    x, model = batch
+    kwargs = {"alpha": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        A.attack_batch(x, kwargs.pop("alpha"), model=model, **kwargs)
