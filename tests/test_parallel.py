@@ -117,16 +117,16 @@ def test_two_processes_share_the_work(tmp_path):
     # And the results equal a single-process run on the whole batch.
     single = _run(
         """
-            import json, numpy as np
+            import json, os, numpy as np
             from conftest import random_images, toy_model
             from hasmap_jax.attack import attack_batch
             x = (random_images(7, 24, 32, seed=8) * 255).round().astype(np.uint8)
             r = attack_batch(x, 2.0, model=toy_model(24, 32, seed=1), steps=40)
-            np.save("%s/single.npy", r.images)
+            np.save(os.environ["OUT"] + "/single.npy", r.images)
             print("RESULT", json.dumps({"ok": True}))
-            """
-        % tmp_path,
+            """,
         devices=1,
+        env_extra={"OUT": str(tmp_path)},
     )
     assert single["ok"]
     whole = np.load(tmp_path / "single.npy")
