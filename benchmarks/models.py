@@ -35,6 +35,9 @@ import time
 import traceback
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 try:  # `python -m benchmarks.models` or PYTHONPATH=. (namespace package)
     from benchmarks._machine import describe_machine, format_machine, peak_rss_bytes
 except ImportError:  # `python benchmarks/models.py` puts benchmarks/ itself on sys.path
@@ -69,8 +72,6 @@ def build_model(
     bfloat16 sets the module's computation `dtype` (parameters stay float32, Flax's mixed-precision
     convention); a module without a `dtype` attribute cannot run in bfloat16 and raises.
     """
-    import jax.numpy as jnp
-
     if name == "koncept":
         from hasmap_jax.models.koncept import koncept512
 
@@ -90,8 +91,6 @@ def build_model(
 
 def _compile(fn: Any, *args: Any) -> tuple[Any, float, float]:
     """Lowers and compiles `jax.jit(fn)` for `args`; returns (executable, lower s, compile s)."""
-    import jax
-
     t0 = time.perf_counter()
     lowered = jax.jit(fn).lower(*args)
     t1 = time.perf_counter()
@@ -101,8 +100,6 @@ def _compile(fn: Any, *args: Any) -> tuple[Any, float, float]:
 
 
 def _steady_times(compiled: Any, args: tuple, *, repeats: int, warmup: int) -> list[float]:
-    import jax
-
     for _ in range(warmup):
         jax.block_until_ready(compiled(*args))
     times = []
@@ -154,9 +151,6 @@ def _measured_peak(device: Any) -> tuple[int | None, str]:
 
 def bench_one(name: str, batch: int, s: Settings) -> dict[str, Any]:
     """Measures one (model, batch size) row in this process; returns a JSON-serialisable dict."""
-    import jax
-    import jax.numpy as jnp
-
     device = jax.devices()[0]
     module = build_model(name, dtype=s.dtype, koncept_variant=s.koncept_variant, vgg_head=s.vgg_head)
     key_params, key_images = jax.random.split(jax.random.key(s.seed))
@@ -234,8 +228,8 @@ def _in_subprocess(payload: dict[str, Any]) -> dict[str, Any]:
 def run(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measures every (model, batch size) of `s`; returns (machine description, rows)."""
     settings = dataclasses.asdict(s)
-    # Under isolation this process never starts a backend: on GPU it would otherwise take the
-    # preallocated share of device memory away from the workers.
+    # Under isolation this process never starts a backend (importing jax does not): on GPU it
+    # would otherwise take the preallocated share of device memory away from the workers.
     call = _in_subprocess if s.isolate else _run_worker
     machine = call({"task": "describe", "settings": settings})
     if "error" in machine:
