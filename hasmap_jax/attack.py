@@ -29,7 +29,9 @@ import numpy as np
 import optax
 
 from hasmap_jax.images import as_unit_float
+from hasmap_jax.jpeg import diff_jpeg, pillow_jpeg
 from hasmap_jax.models.koncept import quality_logits
+from hasmap_jax.views import fit_view
 
 Array = jax.Array
 
@@ -52,6 +54,8 @@ class AttackResult:
       steps: (N,) optimisation steps run for the image, over all search steps.
       alpha: (N,) the trade-off alpha of the search step that produced the returned image (the
         last one tried where none succeeded).
+      score_after_jpeg, success_after_jpeg: (N,) the score and the verdict after a real JPEG round
+        trip (Pillow) at the `robust_jpeg` quality; None when that was not asked for.
     """
 
     images: np.ndarray
@@ -65,6 +69,8 @@ class AttackResult:
     ssim: np.ndarray
     steps: np.ndarray
     alpha: np.ndarray
+    score_after_jpeg: np.ndarray | None = None
+    success_after_jpeg: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,18 +104,40 @@ def cw_loss(logits: Array, confidence: Array | float = 0.0) -> Array:
     return jnp.maximum(logits[0] - logits[1] + confidence, 0.0)
 
 
+def model_views(adv: Array, view_size: tuple[int, int] | None, jpeg_quality: int | None) -> Array:
+    """What the model is shown of one image (H, W, 3): (K, h, w, 3), K = 1, or 2 with JPEG.
+
+    View 0 is the image itself; with `jpeg_quality`, view 1 is its (differentiable) JPEG round trip.
+    Each is resized and centre-cropped to `view_size` when given (see `fit_view`).
+    """
+    views = adv[None]
+    if jpeg_quality is not None:
+        views = jnp.concatenate([views, diff_jpeg(views, jpeg_quality)])
+    return fit_view(views, view_size) if view_size is not None else views
+
+
 def hasmap_loss(
-    w: Array, x: Array, sensitivity: Array, alpha: Array, model: Any, threshold: Array, confidence: Array
+    w: Array,
+    x: Array,
+    sensitivity: Array,
+    alpha: Array,
+    model: Any,
+    threshold: Array,
+    confidence: Array,
+    view_size: tuple[int, int] | None = None,
+    jpeg_quality: int | None = None,
 ) -> tuple[Array, tuple[Array, Array, Array]]:
     """The paper's objective for one image at parameters w; also returns (D, L_C, score).
 
     The model sees the 8-bit rounded image, so the returned D and score are those of what is saved.
+    With `jpeg_quality`, L_C is summed over the image and its JPEG round trip, so success needs both
+    rated low (the expectation over these two transformations, up to a factor).
     """
     adv = quantize(from_tanh_space(w))
     dist = weighted_distortion(adv - x, sensitivity)
-    score = model.apply(adv[None])[0]
-    lc = cw_loss(quality_logits(score, threshold), confidence)
-    return alpha * dist + lc, (dist, lc, score)
+    scores = model.apply(model_views(adv, view_size, jpeg_quality))
+    lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, threshold), confidence))
+    return alpha * dist + lc, (dist, lc, scores[0])
 
 
 class _ImageState(NamedTuple):
@@ -125,10 +153,12 @@ class _ImageState(NamedTuple):
     steps: Array  # steps run, all search steps together
 
 
-def _image_step(state, i, x, sensitivity, alpha, model, threshold, confidence, optimizer, check_every):
+def _image_step(
+    state, i, x, sensitivity, alpha, model, threshold, confidence, optimizer, check_every, view_size, jpeg_quality
+):
     """One optimisation step for one image (vmapped over the batch by the caller)."""
     (loss, (dist, lc, score)), grad = jax.value_and_grad(hasmap_loss, has_aux=True)(
-        state.w, x, sensitivity, alpha, model, threshold, confidence
+        state.w, x, sensitivity, alpha, model, threshold, confidence, view_size, jpeg_quality
     )
     active = ~state.done
     # Keep the iterate just evaluated if it succeeds (L_C == 0) with less distortion than the best.
@@ -160,7 +190,9 @@ def _image_step(state, i, x, sensitivity, alpha, model, threshold, confidence, o
 # The compiled batch attack
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "search_steps", "optimizer", "early_stop"))
+@functools.partial(
+    jax.jit, static_argnames=("steps", "search_steps", "optimizer", "early_stop", "view_size", "jpeg_quality")
+)
 def _attack(
     model,
     x: Array,
@@ -174,6 +206,8 @@ def _attack(
     search_steps: int,
     optimizer: optax.GradientTransformation | None,
     early_stop: bool,
+    view_size: tuple[int, int] | None = None,
+    jpeg_quality: int | None = None,
 ):
     opt = optimizer if optimizer is not None else optax.adam(learning_rate)
     # The authors checked every steps/10 steps. Near the decision boundary the 8-bit loss jumps
@@ -183,7 +217,9 @@ def _attack(
     check_every = max(25, steps // 5) if early_stop else steps + 1
     n = x.shape[0]
     image_step = jax.vmap(
-        functools.partial(_image_step, optimizer=opt, check_every=check_every),
+        functools.partial(
+            _image_step, optimizer=opt, check_every=check_every, view_size=view_size, jpeg_quality=jpeg_quality
+        ),
         in_axes=(0, None, 0, 0, 0, None, None, None),
     )
     w0 = to_tanh_space(x)
@@ -237,15 +273,18 @@ def _attack(
     return out, state.steps, used_alpha
 
 
+@functools.partial(jax.jit, static_argnames="view_size")
+def _view_scores(model, x: Array, view_size: tuple[int, int] | None) -> Array:
+    return model.apply(fit_view(x, view_size) if view_size is not None else x)
+
+
 @jax.jit
-def _measure(model, x: Array, adv: Array, sensitivity: Array):
+def _measure(x: Array, adv: Array, sensitivity: Array):
     import dm_pix
 
     d = adv - x
     flat = d.reshape(d.shape[0], -1)
     return dict(
-        score_before=model.apply(x),
-        score_after=model.apply(adv),
         l2=jnp.linalg.norm(flat, axis=1),
         linf=jnp.max(jnp.abs(flat), axis=1),
         weighted_l2=jnp.sqrt(jax.vmap(weighted_distortion)(d, sensitivity)),
@@ -307,6 +346,8 @@ def attack_batch(
     confidence: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
     early_stop: bool = True,
+    view_size: tuple[int, int] | str | None = "auto",
+    robust_jpeg: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> AttackResult:
     """Protects a batch of photos: HASMap, compiled end to end and sharded over devices.
@@ -329,6 +370,13 @@ def attack_batch(
       optimizer: an optax transformation to use instead of Adam(learning_rate) (static: a new object
         compiles anew).
       early_stop: stop an image's search step once its loss stalls (the authors' rule).
+      view_size: (height, width) the model sees: the photo resized to cover it and centre-cropped
+        (`fit_view`), differentiably, while the perturbation lives at the photo's own resolution.
+        "auto" (default): the model's `input_size` when the photos differ from it, else as given;
+        None: as given. Each distinct photo size is its own compiled program.
+      robust_jpeg: a JPEG quality (e.g. 90, as the MediaEval protocol applies) to survive: the
+        loss also scores a differentiable JPEG round trip (`diff_jpeg`), and the result reports the
+        verdict after real JPEG encoding at that quality.
       mesh: a `jax.sharding.Mesh` with a "data" axis to shard the batch over; default: all local
         devices. Results do not depend on it.
 
@@ -350,6 +398,15 @@ def attack_batch(
 
     mesh = mesh if mesh is not None else data_mesh()
     model = replicate(model, mesh=mesh)
+    if isinstance(view_size, str):
+        if view_size != "auto":
+            raise ValueError(f"view_size: expected 'auto', None or (height, width), got {view_size!r}")
+        size = getattr(model, "input_size", None)
+        view_size = tuple(size) if size is not None and tuple(size) != x.shape[1:3] else None
+    elif view_size is not None:
+        view_size = tuple(int(v) for v in view_size)
+    if robust_jpeg is not None and not 1 <= int(robust_jpeg) <= 100:
+        raise ValueError(f"robust_jpeg: a JPEG quality in 1..100, got {robust_jpeg}")
     maps = sensitivity_maps(sensitivity, x)
     (xs, maps_s, alphas_s), _ = shard_batch((x, maps, alphas), mesh=mesh)
     scalars = [jnp.float32(v) for v in (threshold, confidence, learning_rate)]
@@ -363,14 +420,25 @@ def attack_batch(
         search_steps=search_steps,
         optimizer=optimizer,
         early_stop=early_stop,
+        view_size=view_size,
+        jpeg_quality=None if robust_jpeg is None else int(robust_jpeg),
     )
-    metrics = _measure(model, xs, adv, maps_s)
+    metrics = _measure(xs, adv, maps_s)
+    metrics["score_before"] = _view_scores(model, xs, view_size)
+    metrics["score_after"] = _view_scores(model, adv, view_size)
     adv, used, used_alpha, metrics = unshard((adv, used, used_alpha, metrics), n)
     adv8 = np.round(adv * 255.0).astype(np.uint8)
+    jpeg = {}
+    if robust_jpeg is not None:
+        decoded = pillow_jpeg(adv8, int(robust_jpeg)).astype(np.float32) / 255.0
+        (decoded_s,), _ = shard_batch((decoded,), mesh=mesh)
+        jpeg["score_after_jpeg"] = unshard(_view_scores(model, decoded_s, view_size), n)
+        jpeg["success_after_jpeg"] = jpeg["score_after_jpeg"] <= threshold
     return AttackResult(
         images=adv8,
         success=metrics["score_after"] <= threshold,
         steps=used,
         alpha=used_alpha,
-        **{k: v for k, v in metrics.items()},
+        **metrics,
+        **jpeg,
     )

@@ -189,3 +189,66 @@ def test_bad_arguments(batch, kwargs, match):
     kwargs = {"alpha": 1.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         A.attack_batch(x, kwargs.pop("alpha"), model=model, **kwargs)
+
+
+# ---------------------------------------------------------------- views and JPEG
+
+
+def test_fit_view_geometry_and_linearity():
+    from hasmap_jax.views import fit_view
+
+    x = jnp.asarray(random_images(2, 48, 80, seed=1))
+    v = fit_view(x, (24, 32))  # scale 0.5 -> 24x40, crop 4 columns each side
+    assert v.shape == (2, 24, 32, 3)
+    assert fit_view(x, (48, 80)) is x
+    d = jnp.asarray(np.random.RandomState(0).randn(2, 48, 80, 3).astype(np.float32))
+    np.testing.assert_allclose(fit_view(x + d, (24, 32)), v + fit_view(d, (24, 32)), atol=1e-5)
+    # Columns outside the crop do not reach the view.
+    g = jax.grad(lambda x: fit_view(x, (24, 32)).sum())(x)
+    assert float(jnp.abs(g[:, :, :2]).max()) == 0.0 and float(jnp.abs(g[:, :, 40:]).max()) > 0
+
+
+def test_perturbation_lives_at_the_photo_resolution(batch):
+    _, model = batch  # the toy model sees 24x32
+    big = (random_images(2, 2 * H, 2 * W, seed=4) * 255).round().astype(np.uint8)
+    r = A.attack_batch(big, 1.0, model=model, steps=60, view_size=(H, W))
+    assert r.images.shape == big.shape and r.success.all()
+    from hasmap_jax.views import fit_view_np
+
+    np.testing.assert_allclose(r.score_after, model.apply(fit_view_np(r.images / 255.0, (H, W))), rtol=1e-5)
+    assert (r.score_before > 50).all()
+
+
+def test_diff_jpeg_approximates_pillow():
+    from PIL import Image, ImageFilter
+
+    from hasmap_jax.jpeg import diff_jpeg, pillow_jpeg
+
+    x = (random_images(2, 50, 70, seed=3) * 255).round().astype(np.uint8)
+    x = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(1.5))) for i in x])
+    for q in (90, 50):
+        real = pillow_jpeg(x, q).astype(np.float32)
+        ours = np.asarray(diff_jpeg(jnp.asarray(x / 255.0, jnp.float32), q)) * 255
+        # JPEG's own change is several times what separates us from libjpeg's integer pipeline.
+        assert np.abs(ours - real).mean() < 0.4 * np.abs(real - x).mean()
+    g = jax.grad(lambda v: diff_jpeg(v, 90).sum())(jnp.asarray(x / 255.0, jnp.float32))
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).mean()) > 0.5
+
+
+def test_robust_jpeg_survives_real_jpeg(batch):
+    from conftest import ToyQuality
+
+    x, _ = batch
+    # Signed per-pixel weights: the plain attack's answer is high-frequency noise, which JPEG removes.
+    model = ToyQuality(jnp.asarray(3e-3 * np.random.RandomState(4).randn(H, W, 3).astype(np.float32)))
+    plain = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=None)
+    assert plain.score_after_jpeg is None
+    robust = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=90)
+    from hasmap_jax.jpeg import pillow_jpeg
+
+    after = model.apply(jnp.asarray(pillow_jpeg(plain.images, 90) / 255.0, jnp.float32))
+    assert plain.success.all() and (np.asarray(after) > 50).any()  # JPEG undoes the plain attack
+    assert robust.success_after_jpeg.all() and robust.success.all()
+    np.testing.assert_allclose(
+        robust.score_after_jpeg, model.apply(jnp.asarray(pillow_jpeg(robust.images, 90) / 255.0, jnp.float32))
+    )
