@@ -96,6 +96,16 @@ def bench(model, name: str, batch: int, args) -> dict:
 
     vg = jax.jit(jax.value_and_grad(lambda x: model.apply(x).sum()))
     vg_t = statistics.median(timed(vg, x, repeats=args.repeats))
+
+    # The same forward + input gradient run `steps` times inside lax.scan: separates what a compiled
+    # loop costs on this backend (large on XLA:CPU) from what the attack's own arithmetic adds.
+    def scanned(x):
+        def body(c, _):
+            return c - 1e-3 * vg(c)[1], None
+
+        return jax.lax.scan(body, x, None, length=args.steps)[0]
+
+    scan_t = statistics.median(timed(jax.jit(scanned), x, repeats=args.repeats)) / args.steps
     stats = {}
     try:
         stats = jax.devices()[0].memory_stats() or {}
@@ -111,7 +121,9 @@ def bench(model, name: str, batch: int, args) -> dict:
         image_steps_per_s=batch * args.steps / attack_t,
         step_ms_per_image=1e3 * step_t / batch,
         fwd_grad_ms_per_image=1e3 * vg_t / batch,
+        fwd_grad_in_loop_ms_per_image=1e3 * scan_t / batch,
         overhead=step_t / vg_t - 1.0,
+        overhead_vs_loop=step_t / scan_t - 1.0,
         xla_bytes=xla_bytes,
         xla_bytes_per_image=None if xla_bytes is None else xla_bytes / batch,
         device_peak_bytes=stats.get("peak_bytes_in_use"),
