@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from hasmap_jax.conversion.common import WeightError
 from hasmap_jax.conversion.keras_h5 import HDF5_SIGNATURE
 from hasmap_jax.images import as_unit_float
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, quality_logits
+from hasmap_jax.views import fit_view
 
 _ZIP_SIGNATURE = b"PK\x03\x04"
 
@@ -75,13 +77,23 @@ class QualityModel(_LoadedModel):
         """(N, 2) logits [high, low]; see `quality_logits` (high <=> score > threshold)."""
         return quality_logits(self.apply(images), threshold)
 
-    def score(self, images, *, batch_size: int | None = None) -> np.ndarray:
+    def score(self, images, *, batch_size: int | None = None, view_size="auto") -> np.ndarray:
         """Quality scores (N,) of RGB images (N, H, W, 3), uint8 or float in [0, 1].
 
-        Images are scored as given (no resizing); KonCept512 was trained at 384x512 (HxW).
-        One compilation per distinct batch shape; `batch_size` splits large batches.
+        Args:
+          images: the photos, all of one size.
+          batch_size: split large batches into chunks of this size.
+          view_size: "auto" (default) scores photos of another size than `input_size` (384x512 for
+            KonCept512) through `fit_view` (resize to cover, centre crop), as `attack_batch` does;
+            None scores them as given; or an explicit (height, width).
+
+        One compilation per distinct batch shape.
         """
-        return _batched(_score, self, as_unit_float(images), batch_size)
+        x = as_unit_float(images)
+        if isinstance(view_size, str):
+            view_size = None if tuple(self.input_size) == x.shape[1:3] else tuple(self.input_size)
+        fn = functools.partial(_score, view_size=None if view_size is None else tuple(view_size))
+        return _batched(fn, self, x, batch_size)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -114,9 +126,9 @@ def _map(model: SensitivityModel, x: jax.Array) -> jax.Array:
     return model.apply(x)
 
 
-@jax.jit
-def _score(model: QualityModel, x: jax.Array) -> jax.Array:
-    return model.apply(x)
+@functools.partial(jax.jit, static_argnames="view_size")
+def _score(model: QualityModel, x: jax.Array, view_size: tuple[int, int] | None = None) -> jax.Array:
+    return model.apply(x if view_size is None else fit_view(x, view_size))
 
 
 def _resolve(source: str | os.PathLike) -> Path:
@@ -186,12 +198,14 @@ def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
     return QualityModel(module, variables, card)
 
 
-def load_sensitivity_model(source: str | os.PathLike) -> SensitivityModel:
+def load_sensitivity_model(source: str | os.PathLike = "default"):
     """A sensitivity map model from a shipped name, a checkpoint directory or the authors' Keras .h5.
 
     Args:
-      source: the name of a model in `weights/`, an orbax checkpoint directory (from `hasmap convert`
-        or sensitivity training), or a Keras h5 of the authors' network (VGG16 + one 3x3 head conv).
+      source: "default" (the training-free JND map, `hasmap_jax.sensitivity.JNDSensitivity`), the
+        name of a sensitivity model in `weights/`, an orbax checkpoint directory (from
+        `hasmap convert` or `hasmap train-sensitivity`), or a Keras h5 of the authors' network
+        (VGG16 + one 3x3 head conv).
 
     A file with VGG16 weights but no trained head (torchvision `vgg16.pth`, Keras `VGG16` h5) is not
     a sensitivity model: it is refused here. Use it to initialise training instead
@@ -204,6 +218,10 @@ def load_sensitivity_model(source: str | os.PathLike) -> SensitivityModel:
     from hasmap_jax.conversion import vgg16 as vgg_conversion
     from hasmap_jax.models.vgg16 import SensitivityNet
 
+    if isinstance(source, str) and source == "default":
+        from hasmap_jax.sensitivity import default_sensitivity
+
+        return default_sensitivity()
     path = _resolve(source)
     fmt = sniff_format(path)
     if fmt == "checkpoint":

@@ -62,7 +62,7 @@ def jnd_profile(images: Array) -> Array:
     bg = _filter(y, _B[None])[..., 0] / 32.0
     mg = jnp.max(jnp.abs(_filter(y, _G)), axis=-1) / 16.0
     la = jnp.where(
-        bg <= 127.0, 17.0 * (1.0 - jnp.sqrt(jnp.maximum(bg, 0.0) / 127.0)) + 3.0, 3.0 / 128.0 * (bg - 127.0) + 3.0
+        bg <= 127.0, 17.0 * (1.0 - jnp.sqrt(jnp.maximum(bg, 1e-6) / 127.0)) + 3.0, 3.0 / 128.0 * (bg - 127.0) + 3.0
     )
     tm = jnp.maximum(mg * (0.0001 * bg + 0.115) + (0.5 - 0.01 * bg), 0.0)
     return la + tm - 0.3 * jnp.minimum(la, tm)
