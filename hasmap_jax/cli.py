@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_convert)
 
     s = sub.add_parser("score", help="print each image's quality score")
-    s.add_argument("images", nargs="+", help="image files, scored at their own size")
+    s.add_argument("images", nargs="+", help="image files; other sizes than the model's are resized to cover it and centre-cropped")
     s.add_argument(
         "--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)"
     )
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)"
     )
     s.set_defaults(func=_score)
+
+    from hasmap_jax import protect_cli, sensitivity_cli
+
+    protect_cli.register(sub)
+    sensitivity_cli.register(sub)
     return p
 
 

@@ -1,0 +1,422 @@
+"""Reading and writing real photo files safely: any mode to 8-bit RGB, limits, atomic writes.
+
+What `read_image` does with each kind of input (each case adds a note to `LoadedImage.notes`, or
+raises `ImageReadError` with a message that names the file and what to do):
+
+  kind                          behaviour
+  ----------------------------  -------------------------------------------------------------------
+  RGB, 8 bits                   used as is
+  EXIF orientation 2..8         pixels rotated / flipped upright (as viewers show them); the EXIF
+                                kept with --keep-metadata says orientation 1
+  greyscale (L, 1), YCbCr, LAB  converted to 8-bit RGB (note); the output is RGB
+  palette (P)                   converted to RGB, or RGBA when the palette has transparency (note)
+  16-bit (I;16*, I, 48-bit RGB) scaled to 8 bits per channel (v / 257, rounded) (note)
+  32-bit float (F)              read as [0, 1] when its maximum is <= 1, else as 0..255; clipped (note)
+  CMYK                          converted to sRGB through its ICC profile when it has one (LittleCMS),
+                                else with Pillow's plain conversion (note); the CMYK profile is dropped
+  RGBA / LA / PA                colour protected, alpha kept aside in `alpha` (note): `protect`
+                                re-attaches it to PNG output and composites on white for JPEG output
+  animated / multi-frame        the first frame only, with a warning note; the output is a still image
+  smaller than `min_side` px    ImageReadError(kind="too-small", skip=True): skipped, not an error of
+    (default 32) on a side      the file, but it gets no output
+  more than `max_pixels`        ImageReadError(kind="too-large") before any pixel is decoded
+    (default 40 MP)
+  Pillow decompression bomb     its DecompressionBombWarning is an error here (kind="too-large"):
+                                Pillow's limit is raised to `max_pixels` only while opening
+  not an image / empty          ImageReadError(kind="not-an-image")
+  truncated or corrupt          ImageReadError(kind="corrupt"): never decoded with Pillow's
+                                LOAD_TRUNCATED_IMAGES, so no half-grey photo is protected
+
+`write_image` writes a temporary file in the destination folder and `os.replace`s it into place, so
+a reader (or a crash, or Ctrl-C) never sees a partial file; the temporary file is removed on any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Extensions that folder walks pick up (case-insensitive). Files named explicitly are tried whatever
+#: their extension.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".pnm"}
+)
+#: Photos with a side shorter than this are skipped (the sensitivity model needs 32x32, and an
+#: upscaled thumbnail tells the quality model nothing).
+MIN_SIDE = 32
+#: Default refusal limit in pixels (40 MP: a 7300x5500 photo); the attack keeps several float32
+#: copies of each photo, so about 1 GB of memory per 40 MP photo in a batch.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Output formats and their file extensions.
+FORMATS = {"png": ".png", "jpeg": ".jpg"}
+
+_ORIENTATION = 0x0112
+_TMP_MARK = ".hasmap-tmp"
+_pillow_limit_lock = threading.Lock()
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be protected, with a message meant for the person who owns it.
+
+    Attributes:
+      kind: "not-an-image", "corrupt", "too-large", "too-small" or "unsupported".
+      skip: True when the file is skipped by design (too small) rather than broken.
+    """
+
+    def __init__(self, message: str, *, kind: str, skip: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.skip = skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    """A photo read by `read_image`, upright and in 8-bit RGB.
+
+    Attributes:
+      rgb: (H, W, 3) uint8.
+      alpha: (H, W) uint8 transparency, or None.
+      notes: what was converted or dropped, one sentence each (for the per-file message).
+      exif: the EXIF block (bytes, orientation set to 1, no thumbnail), or None.
+      icc_profile: the ICC colour profile of the RGB pixels, or None (dropped for CMYK sources).
+      format: Pillow's format name ("JPEG", "PNG", ...).
+      mode: Pillow's mode of the file ("RGB", "P", "I;16", ...).
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    format: str | None = None
+    mode: str = "RGB"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.rgb.shape[:2]
+
+
+@contextlib.contextmanager
+def _pillow_limits(max_pixels: int):
+    """Turns Pillow's decompression-bomb warning into an error, at a limit no lower than ours."""
+    with _pillow_limit_lock:
+        old = Image.MAX_IMAGE_PIXELS
+        if old is not None and max_pixels > old:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    name = str(path)
+    try:
+        with _pillow_limits(max_pixels):
+            return Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageReadError(
+            f"{name}: refused by the decompression-bomb guard ({e}); if the photo is genuine, raise --max-pixels",
+            kind="too-large",
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image file Pillow can read", kind="not-an-image") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{name}: a directory, not an image file", kind="not-an-image") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: no such file", kind="not-an-image") from None
+    except PermissionError as e:
+        raise ImageReadError(f"{name}: cannot open ({e.strerror})", kind="not-an-image") from None
+    except Exception as e:  # Pillow raises many kinds on broken headers (SyntaxError, struct.error, ...)
+        raise ImageReadError(f"{name}: corrupt image header ({type(e).__name__}: {e})", kind="corrupt") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) without decoding pixels where the format allows it."""
+    try:
+        if im.format == "PNG" and im.tile:
+            # PngImageFile.getexif decodes the whole image to look for an eXIf chunk after the pixel
+            # data; before decoding, only an eXIf chunk ahead of the pixels counts.
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(_ORIENTATION, 1))
+        return int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block is not worth refusing the photo for
+        return 1
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """(height, width) after EXIF orientation."""
+    w, h = im.size
+    return (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
+
+
+def _check_size(name: str, h: int, w: int, max_pixels: int, min_side: int) -> None:
+    if h * w > max_pixels:
+        raise ImageReadError(
+            f"{name}: {w}x{h} = {h * w / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
+            "(--max-pixels); downscale it or raise the limit",
+            kind="too-large",
+        )
+    if min(h, w) < min_side:
+        raise ImageReadError(
+            f"{name}: {w}x{h} is too small to protect (each side must be at least {min_side} px); skipped",
+            kind="too-small",
+            skip=True,
+        )
+
+
+def probe_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE):
+    """(height, width) of a photo, upright, from its header only (no pixel is decoded).
+
+    Raises:
+      ImageReadError: not an image, too large or too small (see the module docstring).
+    """
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        _check_size(str(path), im.size[1], im.size[0], max_pixels, min_side)  # orientation only swaps
+        return _upright_size(im)
+
+
+def _to_rgb(
+    im: Image.Image, icc: bytes | None, notes: list[str]
+) -> tuple[Image.Image, np.ndarray | None, bytes | None]:
+    """(RGB image, alpha or None, ICC profile of the RGB pixels) from any Pillow mode."""
+    mode = im.mode
+    alpha = None
+    if mode == "P":
+        has_alpha = "transparency" in im.info or im.palette is not None and im.palette.mode == "RGBA"
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        notes.append("palette image converted to RGB")
+        mode = im.mode
+    if mode in ("LA", "PA", "La", "RGBa", "RGBA"):
+        if mode != "RGBA":
+            if mode in ("LA", "PA"):
+                notes.append("greyscale image converted to RGB")
+            im = im.convert("RGBA")
+        alpha = np.asarray(im.getchannel("A"))
+        im = im.convert("RGB")
+        notes.append("transparency (alpha) kept aside: re-attached in PNG output, composited on white in JPEG output")
+        return im, alpha, icc
+    if mode == "CMYK":
+        converted = None
+        if icc:
+            try:
+                import io
+
+                from PIL import ImageCms
+
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except Exception:  # a broken profile: fall back to the plain conversion below
+                converted = None
+        if converted is not None:
+            notes.append("CMYK image converted to sRGB through its colour profile")
+            return converted, None, None
+        notes.append("CMYK image converted to RGB (no usable colour profile: colours are approximate)")
+        return im.convert("RGB"), None, None
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        # Pillow reads 16-bit greyscale as I;16; "I" (32-bit) only holds 16-bit data in practice.
+        if mode == "I" and a.max(initial=0) <= 255:
+            notes.append("32-bit integer greyscale with 8-bit values converted to RGB")
+            g = np.clip(a, 0, 255)
+        else:
+            notes.append("16-bit greyscale converted to 8-bit RGB")
+            g = np.clip(a, 0, 65535) / 257.0
+        g = np.round(g).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[..., None], 3, axis=-1)), None, icc
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(im, np.float64))
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        notes.append(f"32-bit float image read as {'[0, 1]' if scale > 1 else '0..255'} and converted to 8-bit RGB")
+        g = np.round(np.clip(a * scale, 0, 255)).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[..., None], 3, axis=-1)), None, icc
+    if mode in ("L", "1"):
+        notes.append("greyscale image converted to RGB")
+    elif mode != "RGB":
+        notes.append(f"{mode} image converted to RGB")
+    return (im if mode == "RGB" else im.convert("RGB")), None, icc
+
+
+def read_image(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> LoadedImage:
+    """Reads a photo file as upright 8-bit RGB (+ alpha), with its metadata, refusing what it must.
+
+    Args:
+      path: an image file of any format Pillow reads.
+      max_pixels: refuse photos with more pixels (checked before decoding).
+      min_side: skip photos with a shorter side.
+
+    Returns:
+      A `LoadedImage`; see the module docstring for what each kind of input becomes.
+
+    Raises:
+      ImageReadError: with `kind` and a message for the person (see the module docstring).
+    """
+    path = Path(path)
+    name = str(path)
+    notes: list[str] = []
+    with _open(path, max_pixels) as im:
+        _check_size(name, im.size[1], im.size[0], max_pixels, min_side)
+        fmt, file_mode = im.format, im.mode
+        # Pillow decodes 48/64-bit RGB(A) PNG to 8 bits itself; only the tile's raw mode tells.
+        if im.mode in ("RGB", "RGBA") and any(";16" in str(t[3]) for t in im.tile):
+            notes.append("16 bits per channel reduced to 8 bits")
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"warning: {frames} frames (animated or multi-page); only the first frame is protected")
+            im.seek(0)
+        try:
+            with _pillow_limits(max_pixels):
+                im.load()
+                exif = im.getexif()
+                orientation = _orientation(im)
+                upright = ImageOps.exif_transpose(im) if orientation != 1 else im
+                if upright is not im:
+                    notes.append(f"EXIF orientation {orientation} applied (pixels turned upright)")
+                icc = im.info.get("icc_profile") or None
+                rgb_im, alpha, icc = _to_rgb(upright, icc, notes)
+                rgb = np.array(rgb_im.convert("RGB"), dtype=np.uint8)
+        except ImageReadError:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageReadError(f"{name}: refused by the decompression-bomb guard ({e})", kind="too-large") from None
+        except Exception as e:  # truncated data, broken compression streams, ...
+            raise ImageReadError(
+                f"{name}: truncated or corrupt image data ({type(e).__name__}: {e})", kind="corrupt"
+            ) from None
+        exif_bytes = None
+        if len(exif):
+            try:
+                exif[_ORIENTATION] = 1
+                exif_bytes = exif.tobytes()  # IFD0, Exif, GPS, Interop; never IFD1 (the old thumbnail)
+            except Exception:
+                notes.append("EXIF block unreadable; not kept")
+    return LoadedImage(rgb, alpha, tuple(notes), exif_bytes, icc, fmt, file_mode)
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is a temporary file left by `write_image` (only after a hard kill)."""
+    return _TMP_MARK in Path(path).name
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb"):
+    """Opens a temporary file next to `path`; on success it replaces `path` in one `os.replace`.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and `path` is left
+    as it was. Creates missing parent folders.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_MARK)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def encode_image(
+    f: IO[bytes],
+    rgb: np.ndarray,
+    *,
+    format: str = "png",
+    quality: int = 90,
+    alpha: np.ndarray | None = None,
+    exif: bytes | None = None,
+    icc_profile: bytes | None = None,
+) -> None:
+    """Writes an (H, W, 3) uint8 image to a binary file object as PNG or JPEG.
+
+    JPEG uses Pillow's defaults besides `quality` (4:2:0 chroma subsampling, baseline), as
+    `Image.save(quality=q)` does in the MediaEval 2020 protocol, so a file written here decodes to the
+    same pixels as `hasmap_jax.jpeg.pillow_jpeg(rgb, quality)`. `alpha` is attached to PNG output
+    and composited on white for JPEG.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    kwargs: dict[str, Any] = {}
+    if exif:
+        kwargs["exif"] = exif
+    if icc_profile:
+        kwargs["icc_profile"] = icc_profile
+    if format == "png":
+        im = Image.fromarray(rgb)
+        if alpha is not None:
+            im.putalpha(Image.fromarray(np.asarray(alpha, np.uint8)))
+        im.save(f, format="PNG", **kwargs)
+    else:
+        if alpha is not None:
+            rgb = composite_on_white(rgb, alpha)
+        Image.fromarray(rgb).save(f, format="JPEG", quality=int(quality), **kwargs)
+
+
+def composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 `rgb` seen through `alpha` (H, W) over a white background, rounded to uint8."""
+    a = np.asarray(alpha, np.float32)[..., None] / 255.0
+    return np.round(rgb.astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray, **kwargs) -> Path:
+    """Writes `rgb` to `path` atomically (see `atomic_output`); keyword arguments as `encode_image`.
+
+    The format is taken from `kwargs["format"]`, else from the extension (.png, .jpg / .jpeg).
+    """
+    path = Path(path)
+    if "format" not in kwargs:
+        ext = path.suffix.lower()
+        kwargs["format"] = "jpeg" if ext in (".jpg", ".jpeg") else "png"
+    with atomic_output(path) as f:
+        encode_image(f, rgb, **kwargs)
+    return path
+
+
+def find_images(root: str | os.PathLike, *, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    """Image files under a folder, recursively, sorted; hidden files and folders are left out.
+
+    Hidden names (".*") cover `write_image`'s temporary files and macOS "._*" resource forks. Folders
+    in `exclude` (e.g. the output folder) are not entered. Symbolic links to folders are not followed.
+    """
+    root = Path(root)
+    excluded = {p.resolve() for p in exclude}
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and (d / n).resolve() not in excluded)
+        for n in sorted(filenames):
+            if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(d / n)
+    return found

@@ -1,0 +1,445 @@
+"""An HTML report of an evaluation: photos side by side with their scores, and accuracy-distortion plots.
+
+`write_report` writes `report.html` and a `report_files/` folder of PNG images next to it: the folder
+is self-contained (no script, no network, no absolute paths), so it can be zipped or moved. Images are
+files rather than base64 so that the page stays small and each panel can be opened at full size.
+
+Per photo: the original, its sensitivity map (the default JND map; bright = a change is most
+visible), then per run the protected photo and the difference amplified around mid-grey (the gain is
+shown; one gain per photo across runs so runs compare). Photos larger than `max_preview` pixels on a
+side are shown as a centre crop at 100 % (the perturbation is pixel-level: a downscaled preview would
+hide it). With several runs (e.g. an alpha sweep) the page starts with accuracy against distortion
+(mean PSNR, mean LPIPS when measured) as inline SVG, drawn here without a plotting library.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import math
+import os
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from hasmap_jax import imageio
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
+ padding:0 16px;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:1.05em;margin:18px 0 6px;word-break:break-all}
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+.meta{color:#555}.photo{background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:10px 14px;margin:14px 0}
+.row{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:280px}figure img{width:100%;display:block;
+ border:1px solid #ccc;image-rendering:auto}figcaption{font-size:.82em;color:#333;margin-top:3px}
+.low{color:#0a7a2f;font-weight:600}.high{color:#b3261e;font-weight:600}.err{color:#b3261e}
+.plots{display:flex;flex-wrap:wrap;gap:18px}.note{font-size:.85em;color:#666}
+"""
+
+# A perceptually ordered ramp (dark blue -> purple -> orange -> pale yellow) for sensitivity maps.
+_RAMP = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours along `_RAMP`."""
+    v = np.clip(np.nan_to_num(values), 0.0, 1.0) * (len(_RAMP) - 1)
+    i = np.minimum(np.floor(v).astype(int), len(_RAMP) - 2)
+    t = (v - i)[..., None]
+    return np.round(_RAMP[i] * (1 - t) + _RAMP[i + 1] * t).astype(np.uint8)
+
+
+def difference_image(original: np.ndarray, protected: np.ndarray, gain: float) -> np.ndarray:
+    """(H, W, 3) uint8: 128 + gain * (protected - original), per channel, clipped."""
+    d = protected.astype(np.float32) - original.astype(np.float32)
+    return np.clip(np.round(128.0 + gain * d), 0, 255).astype(np.uint8)
+
+
+def difference_gain(max_abs_diff: float) -> int:
+    """A round gain that maps the largest difference (in 8-bit levels) to about +-100 levels."""
+    if max_abs_diff <= 0:
+        return 1
+    raw = min(100.0, max(1.0, 100.0 / max_abs_diff))
+    for g in (100, 50, 40, 30, 20, 10, 8, 5, 4, 3, 2, 1):
+        if g <= raw:
+            return g
+    return 1
+
+
+def _nice_step(span: float, target: int = 5) -> float:
+    raw = span / max(target, 1)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    for m in (1, 2, 2.5, 5, 10):
+        if m * mag >= raw:
+            return m * mag
+    return 10 * mag
+
+
+def _fmt(v: float, step: float) -> str:
+    """`v` with as many decimals as the tick step needs (0.0025 -> 4)."""
+    decimals = next((d for d in range(10) if abs(round(step, d) - step) <= 1e-9 * step), 10)
+    return f"{v:.{decimals}f}"
+
+
+def svg_plot(
+    points: Sequence[tuple[float, float, str]],
+    *,
+    x_label: str,
+    y_label: str,
+    y_range: tuple[float, float] | None = (0.0, 100.0),
+    baseline: float | None = None,
+    baseline_label: str = "",
+    title: str = "",
+    width: int = 520,
+    height: int = 340,
+) -> str:
+    """An inline SVG scatter plot with a connecting line (sorted by x), axes, ticks and point labels.
+
+    Args:
+      points: (x, y, label); points with a non-finite coordinate are left out.
+      y_range: fixed y limits (accuracy in %), or None to fit the data.
+      baseline: a dashed horizontal reference line (e.g. the originals' accuracy).
+    """
+    pts = [(x, y, lab) for x, y, lab in points if x is not None and y is not None and math.isfinite(x + y)]
+    ml, mr, mt, mb = 58, 16, 30 if title else 14, 46
+    pw, ph = width - ml - mr, height - mt - mb
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{html.escape(title or y_label)}" font-family="system-ui,sans-serif" font-size="12">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+    ]
+    if title:
+        parts.append(f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="600">{html.escape(title)}</text>')
+    if not pts:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
+        return "".join(parts)
+    xs = [p[0] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    if x1 - x0 < 1e-9:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = 0.08 * (x1 - x0)
+    x0, x1 = x0 - pad, x1 + pad
+    if y_range is None:
+        ys = [p[1] for p in pts] + ([baseline] if baseline is not None else [])
+        y0, y1 = min(ys), max(ys)
+        if y1 - y0 < 1e-9:
+            y0, y1 = y0 - 1, y1 + 1
+        y0, y1 = y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0)
+    else:
+        y0, y1 = y_range
+
+    def sx(x):
+        return ml + (x - x0) / (x1 - x0) * pw
+
+    def sy(y):
+        return mt + ph - (y - y0) / (y1 - y0) * ph
+
+    parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    for axis, (lo, hi) in (("x", (x0, x1)), ("y", (y0, y1))):
+        step = _nice_step(hi - lo)
+        v = math.ceil(lo / step) * step
+        while v <= hi + 1e-9:
+            label = html.escape(_fmt(v, step))
+            if axis == "x":
+                X = sx(v)
+                parts.append(f'<line x1="{X:.1f}" y1="{mt}" x2="{X:.1f}" y2="{mt + ph}" stroke="#eee"/>')
+                parts.append(f'<text x="{X:.1f}" y="{mt + ph + 16}" text-anchor="middle">{label}</text>')
+            else:
+                Y = sy(v)
+                parts.append(f'<line x1="{ml}" y1="{Y:.1f}" x2="{ml + pw}" y2="{Y:.1f}" stroke="#eee"/>')
+                parts.append(f'<text x="{ml - 6}" y="{Y + 4:.1f}" text-anchor="end">{label}</text>')
+            v += step
+    parts.append(
+        f'<text x="{ml + pw / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>'
+        f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>'
+    )
+    if baseline is not None and y0 <= baseline <= y1:
+        Y = sy(baseline)
+        parts.append(
+            f'<line x1="{ml}" y1="{Y:.1f}" x2="{ml + pw}" y2="{Y:.1f}" stroke="#888" stroke-dasharray="5 4"/>'
+            f'<text x="{ml + pw - 4}" y="{Y - 5:.1f}" text-anchor="end" fill="#666">'
+            f"{html.escape(baseline_label)}</text>"
+        )
+    line = sorted(pts)
+    if len(line) > 1:
+        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in line)
+        parts.append(f'<polyline points="{d}" fill="none" stroke="#3b6fd4" stroke-width="1.5"/>')
+    for x, y, lab in pts:
+        parts.append(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4.5" fill="#3b6fd4"><title>{html.escape(lab)}: '
+            f"{html.escape(f'{x:.4g}')}, {html.escape(f'{y:.4g}')}</title></circle>"
+            + (  # labels of points near the right edge go to their left, to stay inside
+                f'<text x="{sx(x) - 7:.1f}" y="{sy(y) - 7:.1f}" text-anchor="end" fill="#333">{html.escape(lab)}</text>'
+                if sx(x) > ml + 0.6 * pw
+                else f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 7:.1f}" fill="#333">{html.escape(lab)}</text>'
+            )
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _crop(a: np.ndarray, max_side: int) -> tuple[np.ndarray, bool]:
+    h, w = a.shape[:2]
+    if max(h, w) <= max_side:
+        return a, False
+    ch, cw = min(h, max_side), min(w, max_side)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return a[top : top + ch, left : left + cw], True
+
+
+def _save_png(a: np.ndarray, path: Path) -> None:
+    with imageio.atomic_output(path) as f:
+        Image.fromarray(a).save(f, format="PNG")
+
+
+def _rgb(path: str) -> np.ndarray | None:
+    try:
+        img = imageio.read_image(path, min_side=1, max_pixels=10**9)
+    except imageio.ImageReadError:
+        return None
+    return imageio.composite_on_white(img.rgb, img.alpha) if img.alpha is not None else img.rgb
+
+
+def _num(v: Any, fmt: str = ".2f") -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    return format(v, fmt)
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _run_label(run) -> str:
+    alpha = (run.settings or {}).get("alpha")
+    return f"{run.name} (α={alpha:g})" if isinstance(alpha, int | float) else run.name
+
+
+def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, title: str = "") -> Path:
+    """Writes `out/report.html` and `out/report_files/` for an `hasmap_jax.evaluate.Evaluation`.
+
+    Args:
+      evaluation: what `evaluate` returned.
+      out: the report folder (created if needed; files of an earlier report there are replaced).
+      max_preview: photos with a longer side are shown as a centre crop at 100 % of this size.
+      title: the page title (default: "HASMap evaluation").
+
+    Returns:
+      The path of `report.html`.
+    """
+    from hasmap_jax.sensitivity import default_sensitivity
+
+    out = Path(out)
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    cfg = evaluation.config
+    threshold = cfg.get("threshold", 50.0)
+    jq = cfg.get("jpeg_quality")
+    after = f"after JPEG-{jq}" if jq is not None else "as stored"
+    title = title or "HASMap evaluation"
+    body: list[str] = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">Originals: <code>{html.escape(str(evaluation.originals))}</code> · model '
+        f"{html.escape(str(cfg.get('model')))} · “high quality” ⇔ score &gt; {threshold:g} · protocol: "
+        f"{html.escape(str(cfg.get('jpeg_encoder', '')))} at quality {html.escape(str(jq))} before scoring · "
+        f"{html.escape(str(cfg.get('time', '')))}</p>",
+        "<p>Accuracy is the share of photos the model still rates as high quality "
+        f"{html.escape(after)} (MediaEval 2020 Pixel Privacy protocol): <b>lower means better protected</b>. "
+        "PSNR and SSIM: higher means closer to the original; LPIPS, L2, L∞ and weighted L2 (‖S·d‖, S the "
+        "sensitivity map): lower means closer.</p>",
+        "<h2>Runs</h2>",
+        _runs_table(evaluation),
+    ]
+    runs = evaluation.runs
+    if len(runs) >= 2:
+        body.append(_plots(evaluation, after))
+    for r in runs:
+        problems = []
+        if r.match.unmatched_originals:
+            problems.append(f"{len(r.match.unmatched_originals)} original(s) without a protected file")
+        if r.match.unmatched_protected:
+            problems.append(f"{len(r.match.unmatched_protected)} protected file(s) without an original")
+        if r.match.ambiguous:
+            problems.append(f"{len(r.match.ambiguous)} original(s) with several protected candidates")
+        if problems:
+            names = [*r.match.unmatched_originals, *r.match.unmatched_protected]
+            listed = ", ".join(html.escape(str(p)) for p in names[:20]) + (" …" if len(names) > 20 else "")
+            body.append(f'<p class="err">{html.escape(r.name)}: {"; ".join(problems)}. {listed}</p>')
+
+    body.append("<h2>Photos</h2>")
+    body.append(
+        f'<p class="note">Sensitivity map: bright = a change is most visible there. Difference: '
+        f"128 + gain × (protected − original) per channel; mid-grey = unchanged. Photos larger than "
+        f"{max_preview} px are shown as a centre crop at 100 %. Click a panel to open it at full size.</p>"
+    )
+    keys = sorted({row["key"] for r in runs for row in r.rows})
+    rows_by = {(r.name, row["key"]): row for r in runs for row in r.rows}
+    sens = default_sensitivity()
+    for n, key in enumerate(keys):
+        first = next(rows_by[(r.name, key)] for r in runs if (r.name, key) in rows_by)
+        original = _rgb(first["original"])
+        body.append(f'<section class="photo"><h3>{html.escape(key)}</h3><div class="row">')
+        if original is None:
+            body.append(f'<p class="err">cannot read {html.escape(first["original"])}</p></div></section>')
+            continue
+        shown, cropped = _crop(original, max_preview)
+        crop_note = " (centre crop)" if cropped else ""
+        name = f"{n:04d}-original.png"
+        _save_png(shown, files / name)
+        s = f"score {_num(first['score_original'])}"
+        if first.get("score_original_jpeg") is not None:
+            s += f", {html.escape(after)} {_num(first['score_original_jpeg'])}"
+        h, w = original.shape[:2]
+        body.append(_figure(name, f"original{crop_note} · {w}×{h} · {s}"))
+        smap = _crop(sens.map(original[None])[0], max_preview)[0]
+        name = f"{n:04d}-sensitivity.png"
+        _save_png(colormap(smap), files / name)
+        body.append(_figure(name, "sensitivity map (default JND)"))
+        pairs = []
+        for j, r in enumerate(runs):
+            row = rows_by.get((r.name, key))
+            prot = _rgb(row["protected"]) if row is not None else None
+            pairs.append((j, r, row, prot))
+        diffs = [
+            np.abs(p.astype(np.int16) - original.astype(np.int16)).max()
+            for _, _, _, p in pairs
+            if p is not None and p.shape == original.shape
+        ]
+        gain = difference_gain(float(max(diffs))) if diffs else 1
+        for j, r, row, prot in pairs:
+            label = html.escape(_run_label(r))
+            if row is None:
+                body.append(f'<figure><figcaption class="err">{label}: no protected file</figcaption></figure>')
+                continue
+            if prot is None:
+                body.append(
+                    f'<figure><figcaption class="err">{label}: cannot read the protected file</figcaption></figure>'
+                )
+                continue
+            name = f"{n:04d}-r{j}-protected.png"
+            _save_png(_crop(prot, max_preview)[0], files / name)
+            verdict = (
+                '<span class="high">still high</span>'
+                if row["high_after_jpeg"]
+                else '<span class="low">rated low</span>'
+            )
+            cap = (
+                f"<b>{label}</b> · score {_num(row['score_protected'])}, {html.escape(after)} "
+                f"{_num(row['score_protected_jpeg'])} → {verdict}"
+            )
+            body.append(_figure(name, cap, escape=False))
+            if row.get("error"):
+                body.append(f'<figure><figcaption class="err">{html.escape(row["error"])}</figcaption></figure>')
+                continue
+            name = f"{n:04d}-r{j}-diff.png"
+            _save_png(_crop(difference_image(original, prot, gain), max_preview)[0], files / name)
+            cap = (
+                f"difference × {gain} · PSNR {_num(row['psnr'])} dB · SSIM {_num(row['ssim'], '.4f')} · "
+                f"LPIPS {_num(row['lpips'], '.4f')} · L∞ {_num(_levels(row['linf']), '.0f')}/255 · "
+                f"weighted L2 {_num(row['weighted_l2'], '.3f')}"
+            )
+            body.append(_figure(name, cap))
+        body.append("</div></section>")
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + f'\n<p class="note">Written by hasmap evaluate, {datetime.date.today().isoformat()}.</p></body></html>\n'
+    )
+    path = out / "report.html"
+    with imageio.atomic_output(path, "w") as f:
+        f.write(page)
+    return path
+
+
+def _levels(linf: Any) -> float | None:
+    return None if linf is None else 255.0 * linf
+
+
+def _figure(name: str, caption: str, *, escape: bool = True) -> str:
+    href = "report_files/" + urllib.parse.quote(name)
+    cap = html.escape(caption) if escape else caption
+    return (
+        f'<figure><a href="{href}"><img src="{href}" alt="" loading="lazy"></a><figcaption>{cap}</figcaption></figure>'
+    )
+
+
+def _runs_table(evaluation) -> str:
+    head = (
+        "<tr><th>run</th><th>α</th><th>photos</th><th>accuracy ↓</th><th>accuracy as stored</th>"
+        "<th>originals' accuracy</th><th>PSNR dB ↑</th><th>SSIM ↑</th><th>LPIPS ↓</th><th>L∞ /255</th>"
+        "<th>weighted L2 ↓</th></tr>"
+    )
+    rows = []
+    for r in evaluation.runs:
+        s, st = r.summary, r.settings or {}
+        alpha = st.get("alpha")
+        errors = f" (+{s['errors']} errors)" if s.get("errors") else ""
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(r.name)}</td><td>{_num(alpha, 'g') if alpha is not None else '–'}</td>"
+            f"<td>{s.get('images', 0)}{errors}</td>"
+            f"<td><b>{_pct(s.get('accuracy'))}</b></td><td>{_pct(s.get('accuracy_without_jpeg'))}</td>"
+            f"<td>{_pct(s.get('accuracy_originals'))}</td><td>{_num(s.get('mean_psnr'))}</td>"
+            f"<td>{_num(s.get('mean_ssim'), '.4f')}</td><td>{_num(s.get('mean_lpips'), '.4f')}</td>"
+            f"<td>{_num(_levels(s.get('mean_linf')), '.1f')}</td><td>{_num(s.get('mean_weighted_l2'), '.3f')}</td>"
+            "</tr>"
+        )
+    note = (
+        '<p class="note">Means over photos; PSNR of an unchanged photo is infinite and left out of the mean '
+        "(counted in results.json as psnr_unchanged).</p>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>{note}"
+
+
+def _plots(evaluation, after: str) -> str:
+    runs = evaluation.runs
+    base = [r.summary.get("accuracy_originals") for r in runs if r.summary.get("accuracy_originals") is not None]
+    baseline = 100 * float(np.mean(base)) if base else None
+
+    def pts(metric):
+        out = []
+        for r in runs:
+            x, y = r.summary.get(f"mean_{metric}"), r.summary.get("accuracy")
+            if x is not None and y is not None:
+                out.append((x, 100 * y, _run_label(r)))
+        return out
+
+    plots = [
+        svg_plot(
+            pts("psnr"),
+            x_label="mean PSNR (dB) → closer to the original",
+            y_label=f"accuracy {after} (%)",
+            baseline=baseline,
+            baseline_label="originals",
+            title="Accuracy against PSNR",
+        )
+    ]
+    if any(r.summary.get("mean_lpips") is not None for r in runs):
+        plots.append(
+            svg_plot(
+                pts("lpips"),
+                x_label="mean LPIPS → more visible",
+                y_label=f"accuracy {after} (%)",
+                baseline=baseline,
+                baseline_label="originals",
+                title="Accuracy against LPIPS",
+            )
+        )
+    note = (
+        '<p class="note">Each point is a run (mean over its photos). A run in which no photo changed has '
+        "no finite PSNR and is only on the LPIPS plot. The dashed line is the originals' accuracy.</p>"
+    )
+    return "<h2>Accuracy against distortion</h2><div class='plots'>" + "".join(plots) + "</div>" + note

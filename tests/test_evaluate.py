@@ -1,0 +1,208 @@
+"""Evaluating protected folders: file matching, the MediaEval 2020 protocol, metrics, CSV/JSON, HTML report."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_images
+from PIL import Image
+from test_protect import H, W, save_photo, sized_toy
+
+from hasmap_jax import evaluate as E
+from hasmap_jax import protect_cli, report
+from hasmap_jax.jpeg import pillow_jpeg
+from hasmap_jax.views import fit_view_np
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sized_toy()
+
+
+def touch(root: Path, *names: str) -> None:
+    for n in names:
+        save_photo(root / n, seed=len(n))
+
+
+def test_match_by_relative_path_and_suffix(tmp_path):
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    touch(o, "a.png", "sub/b.jpg", "c.png", "d.png")
+    touch(p, "a_prot.png", "sub/b_prot.png", "c_prot.jpg", "c_prot.png", "extra_prot.png")
+    m = E.match_files(o, p)
+    assert m.suffix == "_prot"  # inferred
+    assert [(k, a.name, b.name) for k, a, b in m.pairs] == [
+        ("a", "a.png", "a_prot.png"),
+        ("sub/b", "b.jpg", "b_prot.png"),
+    ]
+    assert list(m.ambiguous) == ["c"] and [f.name for f in m.unmatched_originals] == ["d.png"]
+    assert [f.name for f in m.unmatched_protected] == ["extra_prot.png"]
+    # An explicit suffix wins; with "" nothing pairs here.
+    assert E.match_files(o, p, suffix="").pairs == []
+
+
+def test_match_uses_the_manifest_suffix_and_falls_back_to_stems(tmp_path):
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    touch(o, "nested/deeper/x.png", "y_v2.png")
+    touch(p, "x_v2.png", "y_v2_v2.png")
+    (p / "hasmap-manifest.jsonl").write_text(
+        json.dumps({"type": "settings", "version": 1, "settings": {"suffix": "_v2"}}) + "\n"
+    )
+    m = E.match_files(o, p)
+    assert m.suffix == "_v2"
+    assert sorted((k, b.name) for k, _, b in m.pairs) == [("nested/deeper/x", "x_v2.png"), ("y_v2", "y_v2_v2.png")]
+
+
+def test_outputs_next_to_their_inputs(tmp_path, model):
+    from hasmap_jax.protect import ProtectSettings, protect_paths
+
+    d = tmp_path / "photos"
+    touch(d, "a.png", "b.png")
+    settings = ProtectSettings(steps=5, model="toy", suffix="_p")
+    assert protect_paths([d], d, settings=settings, model=model).exit_code == 0
+    m = E.match_files(d, d)
+    assert [(k, b.name) for k, _, b in m.pairs] == [("a", "a_p.png"), ("b", "b_p.png")]
+    assert not m.unmatched_originals and not m.unmatched_protected
+
+
+def test_infer_suffix():
+    assert E.infer_suffix(["a", "d/b"], ["a", "d/b"]) == ""
+    assert E.infer_suffix(["a", "d/b", "c"], ["a-adv", "d/b-adv", "zzz"]) == "-adv"
+
+
+def _folders(tmp_path):
+    """Three originals and protected copies: one unchanged, one darkened (rated low), one noisy."""
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    xs = {name: save_photo(o / f"{name}.png", seed=i) for i, name in enumerate(["same", "dark", "noisy"])}
+    p.mkdir()
+    Image.fromarray(xs["same"]).save(p / "same.png")
+    Image.fromarray((xs["dark"] * 0.25).astype(np.uint8)).save(p / "dark.png")
+    noise = np.random.RandomState(0).randint(-6, 7, xs["noisy"].shape)
+    Image.fromarray(np.clip(xs["noisy"].astype(int) + noise, 0, 255).astype(np.uint8)).save(p / "noisy.png")
+    return o, p, xs
+
+
+def test_protocol_scores_and_metrics(tmp_path, model):
+    from hasmap_jax.sensitivity import jnd_sensitivity
+
+    o, p, xs = _folders(tmp_path)
+    ev = E.evaluate(o, [p], model=model, model_name="toy", lpips=True)
+    run = ev.runs[0]
+    rows = {r["key"]: r for r in run.rows}
+    for key, x in xs.items():
+        r = rows[key]
+        with Image.open(p / f"{key}.png") as im:
+            y = np.asarray(im.convert("RGB"))
+        # Protocol: Pillow JPEG-90, then the model's score; "high" <=> score > 50.
+        jpeg = pillow_jpeg(y[None], 90)
+        expected = float(model.apply(jnp.asarray(jpeg, jnp.float32) / 255.0)[0])
+        assert r["score_protected_jpeg"] == pytest.approx(expected, abs=1e-3)
+        assert r["high_after_jpeg"] == (expected > 50)
+        d = y.astype(np.float64) / 255 - x.astype(np.float64) / 255
+        assert r["l2"] == pytest.approx(np.sqrt((d**2).sum()), rel=1e-4)
+        assert r["linf"] == pytest.approx(np.abs(d).max(), abs=1e-6)
+        s = np.asarray(jnd_sensitivity(jnp.asarray(x[None], jnp.float32) / 255.0))[0]
+        assert r["weighted_l2"] == pytest.approx(np.sqrt(((s[..., None] * d) ** 2).sum()), rel=1e-3)
+        if key != "same":
+            assert r["psnr"] == pytest.approx(-10 * np.log10((d**2).mean()), rel=1e-4)
+    assert rows["same"]["psnr"] == float("inf") and rows["same"]["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["same"]["ssim"] == pytest.approx(1.0)
+    assert 0 < rows["noisy"]["lpips"] < rows["dark"]["lpips"]
+    assert not rows["dark"]["high_after_jpeg"] and rows["same"]["high_after_jpeg"]
+    acc = np.mean([r["high_after_jpeg"] for r in run.rows])
+    assert run.summary["accuracy"] == pytest.approx(acc) and run.summary["accuracy_originals"] == 1.0
+    assert run.summary["psnr_unchanged"] == 1 and ev.complete
+
+
+def test_photos_of_other_sizes_are_scored_through_the_view(tmp_path, model):
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    x = save_photo(o / "big.png", 48, 64)
+    save_photo(p / "big.png", 48, 64)
+    save_photo(p / "lonely.png", seed=3)
+    ev = E.evaluate(o, [p], model=model, lpips=False, jpeg_quality=None)
+    r = ev.runs[0].rows[0]
+    view = fit_view_np(x[None] / 255.0, model.input_size)
+    assert r["score_original"] == pytest.approx(float(model.apply(jnp.asarray(view))[0]), abs=1e-3)
+    assert r["lpips"] is None and r["score_protected_jpeg"] == r["score_protected"]
+    assert [f.name for f in ev.runs[0].match.unmatched_protected] == ["lonely.png"]
+
+
+def test_results_files_and_report(tmp_path, model):
+    o, p, _ = _folders(tmp_path)
+    odd = "<b>&\"odd'.png"
+    save_photo(o / odd, seed=7)
+    save_photo(p / odd, seed=8)
+    p2 = tmp_path / "prot2"
+    p2.mkdir()
+    for f in p.iterdir():
+        (p2 / f.name).write_bytes(f.read_bytes())
+    ev = E.evaluate(o, [p, p2], model=model, lpips=False, names=["run A", "run A"])
+    assert [r.name for r in ev.runs] == ["run A (1)", "run A (2)"]
+    out = tmp_path / "ev"
+    paths = E.write_results(ev, out)
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(E.CSV_COLUMNS) and len(rows) == 8
+    assert {r["psnr"] for r in rows if r["key"] == "same"} == {"inf"}
+    data = json.loads(paths["json"].read_text())
+    assert data["config"]["jpeg_quality"] == 90 and len(data["runs"]) == 2
+    assert data["runs"][0]["images"][0]["run"] == "run A (1)"
+
+    page = report.write_report(ev, out).read_text()
+    assert html.escape(odd.removesuffix(".png")) in page and "<b>&" not in page
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert len(srcs) == 4 * (2 + 2 * 2)  # per photo: original, map, and (protected, diff) per run
+    for s in srcs:
+        assert not s.startswith(("/", "file:", "http")) and (out / s).is_file()
+    assert page.count("<svg") == 1 and "<polyline" in page  # two runs: accuracy against PSNR
+    assert "file://" not in page and "<script" not in page
+
+
+def test_svg_plot():
+    svg = report.svg_plot(
+        [(30.0, 80.0, "α=40"), (25.0, 20.0, "α=10"), (float("inf"), 50.0, "x")], x_label="PSNR", y_label="acc"
+    )
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and svg.count("<circle") == 2
+    cx = [float(v) for v in re.findall(r'<circle cx="([\d.]+)"', svg)]
+    cy = [float(v) for v in re.findall(r'cy="([\d.]+)"', svg)]
+    assert cx[0] > cx[1] and cy[0] < cy[1]  # larger x to the right, larger y higher up
+    assert "no data" in report.svg_plot([], x_label="a", y_label="b")
+    assert "&lt;" in report.svg_plot([(1, 2, "<")], x_label="x", y_label="y")
+
+
+def test_difference_gain_and_colormap():
+    assert report.difference_gain(1) == 100 and report.difference_gain(5) == 20 and report.difference_gain(300) == 1
+    c = report.colormap(np.array([[0.0, 1.0]]))
+    assert c.shape == (1, 2, 3) and c.dtype == np.uint8 and c[0, 0].sum() < c[0, 1].sum()
+
+
+@pytest.fixture
+def toy_loader(monkeypatch, model):
+    import hasmap_jax.loading
+
+    monkeypatch.setattr(hasmap_jax.loading, "load_quality_model", lambda name="default": model)
+
+
+def test_cli_exit_codes(tmp_path, toy_loader, capsys):
+    o, p, _ = _folders(tmp_path)
+    out = tmp_path / "ev"
+    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy 66.7 % after JPEG-90 (originals 100.0 %)" in text and (out / "report.html").is_file()
+    save_photo(o / "missing.png", seed=11)
+    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q", "--no-report"]) == 1
+    assert "no protected file" in capsys.readouterr().err
+    assert protect_cli.main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(p)]) == 2
+
+
+def test_random_images_helper_is_in_range():
+    # The folders above rely on save_photo's images being ordinary 8-bit photos.
+    x = random_images(1, H, W)
+    assert x.min() >= 0 and x.max() <= 1

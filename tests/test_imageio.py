@@ -1,0 +1,225 @@
+"""Reading awkward photo files and writing outputs atomically (hasmap_jax.imageio)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hasmap_jax import imageio
+from hasmap_jax.imageio import ImageReadError, read_image
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_rgb16(a: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels, with no pixel data (a decompression-bomb stand-in)."""
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b"")
+
+
+def photo(h=40, w=48, seed=0) -> np.ndarray:
+    r = np.random.RandomState(seed)
+    return (r.rand(h, w, 3) * 255).astype(np.uint8)
+
+
+def test_rgb_roundtrip_is_exact(tmp_path):
+    a = photo()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(img.rgb, a)
+    assert img.alpha is None and img.notes == () and img.size == (40, 48)
+
+
+def test_greyscale_becomes_rgb_with_note(tmp_path):
+    g = photo()[..., 0]
+    Image.fromarray(g, "L").save(tmp_path / "g.png")
+    img = read_image(tmp_path / "g.png")
+    assert img.rgb.shape == (40, 48, 3)
+    np.testing.assert_array_equal(img.rgb, np.repeat(g[..., None], 3, -1))
+    assert any("greyscale" in n for n in img.notes)
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    p = Image.fromarray(photo()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    p.save(tmp_path / "p.png")
+    img = read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(img.rgb, np.asarray(p.convert("RGB")))
+    assert img.alpha is None and any("palette" in n for n in img.notes)
+    p.info["transparency"] = 0
+    p.save(tmp_path / "pt.png", transparency=0)
+    img = read_image(tmp_path / "pt.png")
+    assert img.alpha is not None and (img.alpha == 0).any() and (img.alpha == 255).any()
+
+
+def test_rgba_alpha_kept_aside_and_reattached(tmp_path):
+    a = photo()
+    alpha = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (40, 1))
+    Image.fromarray(np.dstack([a, alpha]), "RGBA").save(tmp_path / "t.png")
+    img = read_image(tmp_path / "t.png")
+    np.testing.assert_array_equal(img.rgb, a)
+    np.testing.assert_array_equal(img.alpha, alpha)
+    assert any("alpha" in n for n in img.notes)
+    imageio.write_image(tmp_path / "out.png", img.rgb, alpha=img.alpha)
+    with Image.open(tmp_path / "out.png") as back:
+        assert back.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(back), np.dstack([a, alpha]))
+    imageio.write_image(tmp_path / "out.jpg", img.rgb, alpha=img.alpha, quality=100)
+    with Image.open(tmp_path / "out.jpg") as back:
+        assert back.mode == "RGB"
+        # Fully transparent columns become white.
+        assert np.asarray(back)[:, 0].min() >= 250
+
+
+def test_16bit_greyscale_scaled_to_8_bits(tmp_path):
+    g = (np.arange(40 * 48).reshape(40, 48) * 34).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    img = read_image(tmp_path / "g16.png")
+    np.testing.assert_array_equal(img.rgb[..., 1], np.round(g / 257.0).astype(np.uint8))
+    assert any("16-bit" in n for n in img.notes)
+
+
+def test_48bit_rgb_png_noted(tmp_path):
+    a = (np.random.RandomState(1).rand(40, 48, 3) * 65535).astype(np.uint16)
+    (tmp_path / "rgb16.png").write_bytes(png_rgb16(a))
+    img = read_image(tmp_path / "rgb16.png")
+    np.testing.assert_array_equal(img.rgb, (a >> 8).astype(np.uint8))
+    assert any("16 bits" in n for n in img.notes)
+
+
+def test_cmyk_converted(tmp_path):
+    a = photo()
+    Image.fromarray(a).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    img = read_image(tmp_path / "c.jpg")
+    assert img.rgb.shape == (40, 48, 3) and img.mode == "CMYK"
+    assert np.abs(img.rgb.astype(int) - a).mean() < 20
+    assert any("CMYK" in n for n in img.notes)
+
+
+def test_animated_first_frame_with_warning(tmp_path):
+    frames = [Image.fromarray(np.full((40, 48, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=50)
+    img = read_image(tmp_path / "a.gif")
+    assert abs(int(img.rgb.mean()) - 10) <= 2
+    assert any(n.startswith("warning") and "3 frames" in n for n in img.notes)
+
+
+def test_tiny_is_skipped(tmp_path):
+    Image.fromarray(photo(20, 200)).save(tmp_path / "tiny.png")
+    with pytest.raises(ImageReadError) as e:
+        read_image(tmp_path / "tiny.png")
+    assert e.value.kind == "too-small" and e.value.skip and "32" in str(e.value)
+    assert read_image(tmp_path / "tiny.png", min_side=16).size == (20, 200)
+
+
+def test_too_many_pixels_refused_before_decoding(tmp_path):
+    # Headers only, no real pixel data: a decoding attempt would report "corrupt", not "too-large".
+    (tmp_path / "48mp.png").write_bytes(png_header_only(8000, 6000))
+    for read in (imageio.probe_image, read_image):
+        with pytest.raises(ImageReadError) as e:
+            read(tmp_path / "48mp.png")
+        assert e.value.kind == "too-large" and "48.0 MP" in str(e.value) and "--max-pixels" in str(e.value)
+    (tmp_path / "900mp.png").write_bytes(png_header_only(30000, 30000))
+    with pytest.raises(ImageReadError) as e:
+        imageio.probe_image(tmp_path / "900mp.png")
+    assert e.value.kind == "too-large" and "decompression-bomb" in str(e.value)
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    with pytest.raises(ImageReadError) as e:
+        read_image(tmp_path / "a.png", max_pixels=1000)
+    assert e.value.kind == "too-large"
+
+
+def test_pillow_bomb_warning_is_an_error(tmp_path):
+    # Above Pillow's warning limit (89 MP) but under its hard limit: a warning Pillow would let through.
+    (tmp_path / "bomb.png").write_bytes(png_header_only(10000, 10000))
+    with pytest.raises(ImageReadError) as e:
+        read_image(tmp_path / "bomb.png")
+    assert e.value.kind == "too-large"
+    # A larger --max-pixels raises Pillow's limit while opening, and only then.
+    assert imageio.probe_image(tmp_path / "bomb.png", max_pixels=2 * 10**8) == (10000, 10000)
+    assert Image.MAX_IMAGE_PIXELS == 89478485
+
+
+def test_truncated_and_non_images(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(photo(200, 200)).save(buf, format="JPEG", quality=95)
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageReadError) as e:
+        read_image(tmp_path / "cut.jpg")
+    assert e.value.kind == "corrupt" and "truncated" in str(e.value)
+    (tmp_path / "notes.jpg").write_text("hello, not a photo")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("notes.jpg", "empty.png"):
+        with pytest.raises(ImageReadError) as e:
+            read_image(tmp_path / name)
+        assert e.value.kind == "not-an-image" and name in str(e.value)
+
+
+def test_exif_orientation_applied_and_reset(tmp_path):
+    a = photo(40, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    exif[0x010F] = "TestCam"
+    Image.fromarray(a).save(tmp_path / "o.jpg", quality=100, exif=exif.tobytes())
+    img = read_image(tmp_path / "o.jpg")
+    assert img.size == (48, 40)
+    assert imageio.probe_image(tmp_path / "o.jpg") == (48, 40)
+    with Image.open(tmp_path / "o.jpg") as raw:
+        expected = np.asarray(raw.transpose(Image.Transpose.ROTATE_270))
+    np.testing.assert_array_equal(img.rgb, expected)
+    back = Image.Exif()
+    back.load(img.exif)
+    assert back[0x0112] == 1 and back[0x010F] == "TestCam"
+
+
+def test_icc_profile_carried(tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(photo()).save(tmp_path / "i.png", icc_profile=icc)
+    assert read_image(tmp_path / "i.png").icc_profile == icc
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def broken_save(self, fp, *a, **k):
+        fp.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        imageio.write_image(target, photo())
+    assert target.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["out.png"]
+
+
+def test_find_images_skips_hidden_others_and_excluded(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("a.JPG", "sub/b.png", ".hidden.png", "._a.jpg", "notes.txt", "out/c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found = imageio.find_images(tmp_path, exclude=(tmp_path / "out",))
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "sub/b.png"]

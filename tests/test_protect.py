@@ -1,0 +1,401 @@
+"""Protecting folders of photo files: batching, bad inputs, atomic outputs, resuming, metadata, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ToyQuality, random_images
+from PIL import Image
+
+from hasmap_jax import attack, imageio, protect_cli
+from hasmap_jax.protect import (
+    MANIFEST_NAME,
+    ProtectInterrupted,
+    ProtectSettings,
+    SettingsMismatch,
+    UsageError,
+    protect_paths,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+H, W = 32, 40  # the toy model's input size; other sizes reach it through attack_batch's view
+STEPS = 20
+
+
+@jax.tree_util.register_pytree_node_class
+class SizedToy(ToyQuality):
+    """ToyQuality with an `input_size`, so `attack_batch(view_size="auto")` resizes other photos to it."""
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.weights.shape[:2])
+
+
+def sized_toy(h: int = H, w: int = W, seed: int = 0) -> SizedToy:
+    weights = 1e-2 * np.abs(np.random.RandomState(seed).randn(h, w, 3)).astype(np.float32)
+    return SizedToy(jnp.asarray(weights), 70.0, 40.0)  # clean photos score about 70: "high"
+
+
+@pytest.fixture(scope="module")
+def model() -> SizedToy:
+    return sized_toy()
+
+
+def settings(**kw) -> ProtectSettings:
+    return ProtectSettings(**{"steps": STEPS, "model": "toy", **kw})
+
+
+def save_photo(path: Path, h: int = H, w: int = W, seed: int = 0, mode: str = "RGB", **save) -> np.ndarray:
+    a = (random_images(1, h, w, seed=seed)[0] * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(a)
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, **save)
+    return a
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if imageio.is_temporary(p)]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records each attack_batch call's batch shape and keyword arguments (and still runs it)."""
+    calls = []
+    real = attack.attack_batch
+
+    def wrapper(images, alpha, **kw):
+        calls.append((np.asarray(images).shape, {k: v for k, v in kw.items() if k not in ("model", "sensitivity")}))
+        return real(images, alpha, **kw)
+
+    monkeypatch.setattr(attack, "attack_batch", wrapper)
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
+    src = tmp_path / "in"
+    for i in range(3):
+        save_photo(src / f"a{i}.png", seed=i)
+    save_photo(src / "sub" / "b0.png", 48, 64, seed=5)
+    save_photo(src / "sub" / "b1.jpg", 48, 64, seed=6, quality=95)
+    before = tree_digest(src)
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=2)
+    assert s.exit_code == 0 and s.count("ok") == 5
+    # One compiled program per size: every call holds photos of one size, at most batch_size of them.
+    assert sorted(shape for shape, _ in spy) == [(1, H, W, 3), (2, H, W, 3), (2, 48, 64, 3)]
+    for r in s.results:
+        with Image.open(r.input) as a, Image.open(r.output) as b:
+            assert a.size == b.size and b.mode == "RGB"
+        assert r.protected and r.record["score_before"] > 50 >= r.record["score_after"]
+    assert (tmp_path / "out" / "sub" / "b1.png").is_file()
+    assert tree_digest(src) == before and not temporaries(tmp_path)
+
+
+def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "good.png")
+    save_photo(src / "grey.png", mode="L")
+    save_photo(src / "palette.png", mode="P")
+    save_photo(src / "cmyk.jpg", mode="CMYK", quality=95)
+    a = save_photo(src / "rgba.png", mode="RGBA")
+    rgba = Image.open(src / "rgba.png").convert("RGBA")
+    alpha = np.tile(np.linspace(0, 255, W).astype(np.uint8), (H, 1))
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(src / "rgba.png")
+    Image.fromarray((np.arange(H * W).reshape(H, W) * 50).astype(np.uint16)).save(src / "sixteen.png")
+    frames = [Image.fromarray(a), Image.fromarray(255 - a)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    save_photo(src / "tiny.png", 16, 40)
+    from test_imageio import png_header_only
+
+    (src / "huge.png").write_bytes(png_header_only(8000, 6000))
+    whole = (src / "good.png").read_bytes()
+    (src / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (src / "notes.jpg").write_text("not a photo")
+    before = tree_digest(src)
+
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=8)
+    by = {r.input.name: r for r in s.results}
+    expect = {
+        "good.png": ("ok", ""),
+        "grey.png": ("ok", "greyscale"),
+        "palette.png": ("ok", "palette"),
+        "cmyk.jpg": ("ok", "CMYK"),
+        "rgba.png": ("ok", "alpha"),
+        "sixteen.png": ("ok", "16-bit"),
+        "anim.gif": ("ok", "2 frames"),
+        "tiny.png": ("skipped", "too small"),
+        "huge.png": ("failed", "--max-pixels"),
+        "cut.png": ("failed", "truncated or corrupt"),
+        "notes.jpg": ("failed", "not an image"),
+    }
+    for name, (status, words) in expect.items():
+        r = by[name]
+        assert r.status == status, (name, r.status, r.message)
+        text = " ".join(r.notes) + r.message
+        assert words in text, (name, text)
+        if status != "ok":
+            assert name in r.message and r.output is None
+    assert s.exit_code == 1
+    with Image.open(tmp_path / "out" / "rgba.png") as out:
+        assert out.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(out)[..., 3], alpha)
+    with Image.open(tmp_path / "out" / "sixteen.png") as out:
+        assert out.mode == "RGB"
+    assert tree_digest(src) == before and not temporaries(tmp_path)
+    text = s.text()
+    assert "1 skipped, 3 failed" in text and "notes.jpg" in text
+
+
+def test_resume_after_interrupt(tmp_path, model):
+    src = tmp_path / "in"
+    for i in range(5):
+        save_photo(src / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    written = []
+
+    def stop_after_three(r):
+        written.append(r)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ProtectInterrupted) as e:
+        protect_paths([src], out, settings=settings(), model=model, batch_size=2, on_result=stop_after_three)
+    assert e.value.summary.interrupted and e.value.summary.exit_code == 130
+    assert e.value.summary.count("ok") == 3
+    assert sorted(p.name for p in out.glob("*.png")) == ["p0.png", "p1.png", "p2.png"]
+    assert not temporaries(tmp_path)
+    lines = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
+    assert lines[-1]["type"] == "run" and lines[-1]["finished"] is False
+    first = tree_digest(out)
+
+    s = protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    assert [r.status for r in s.results] == ["done"] * 3 + ["ok"] * 2 and s.exit_code == 0
+    after = tree_digest(out)
+    assert all(after[k] == first[k] for k in ("p0.png", "p1.png", "p2.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == [f"p{i}.png" for i in range(5)]
+    # A third run has nothing left to do.
+    assert protect_paths([src], out, settings=settings(), model=model).count("done") == 5
+
+
+def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, model, monkeypatch):
+    src = tmp_path / "in"
+    for i in range(3):
+        save_photo(src / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    real_replace, calls = os.replace, []
+
+    def replace(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C between writing the temporary file and renaming it
+        return real_replace(a, b)
+
+    monkeypatch.setattr(imageio.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        protect_paths([src], out, settings=settings(), model=model)
+    monkeypatch.setattr(imageio.os, "replace", real_replace)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "p0.png"]
+    s = protect_paths([src], out, settings=settings(), model=model)
+    assert [r.status for r in s.results] == ["done", "ok", "ok"]
+    assert not temporaries(tmp_path)
+
+
+def test_other_settings_refused_unless_forced(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    out = tmp_path / "out"
+    protect_paths([src], out, settings=settings(), model=model)
+    with pytest.raises(SettingsMismatch, match=r"alpha: 20\.0 -> 5\.0.*--force"):
+        protect_paths([src], out, settings=settings(alpha=5.0), model=model)
+    s = protect_paths([src], out, settings=settings(alpha=5.0), model=model, force=True)
+    assert s.results[0].status == "ok" and s.results[0].record["alpha"] == 5.0
+    # The new settings are now the folder's: a plain rerun with them resumes.
+    assert protect_paths([src], out, settings=settings(alpha=5.0), model=model).results[0].status == "done"
+
+
+def test_inputs_never_overwritten(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    save_photo(src / "q.jpg", quality=90)
+    before = tree_digest(src)
+    with pytest.raises(UsageError, match="would overwrite the input"):
+        protect_paths([src], src, settings=settings(), model=model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no image files"):
+        protect_paths([tmp_path / "empty"], tmp_path / "out", settings=settings(), model=model)
+    # With a suffix the outputs can live next to the inputs, and a rerun does not protect them again.
+    s = protect_paths([src], src, settings=settings(suffix="_protected"), model=model)
+    assert s.count("ok") == 2
+    s = protect_paths([src], src, settings=settings(suffix="_protected"), model=model)
+    assert [r.status for r in s.results] == ["done", "done"]
+    after = tree_digest(src)
+    assert {k: after[k] for k in before} == before
+    assert sorted(after) == sorted([*before, "p_protected.png", "q_protected.png", MANIFEST_NAME])
+
+
+def test_foreign_output_file_kept_and_name_collisions_reported(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "a.jpg", quality=95)
+    save_photo(src / "a.png", seed=1)
+    save_photo(src / "b.png", seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"someone else's file")
+    s = protect_paths([src], out, settings=settings(), model=model)
+    by = {r.input.name: r for r in s.results}
+    assert by["a.jpg"].status == "ok"
+    assert by["a.png"].status == "failed" and "already the output of" in by["a.png"].message
+    assert by["b.png"].status == "failed" and "not written by hasmap" in by["b.png"].message
+    assert (out / "b.png").read_bytes() == b"someone else's file"
+    # The photo that wrote a.png stays done on a rerun; the one colliding with it is reported again.
+    s = protect_paths([src], out, settings=settings(), model=model)
+    assert [r.status for r in s.results] == ["done", "failed", "failed"]
+    s = protect_paths([src], out, settings=settings(), model=model, force=True)
+    assert {r.input.name: r.status for r in s.results}["b.png"] == "ok"
+
+
+def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    s = protect_paths([src], tmp_path / "out", settings=settings(format="jpeg"), model=model)
+    assert spy[-1][1]["robust_jpeg"] == 90
+    r = s.results[0]
+    assert r.output.suffix == ".jpg" and r.record["jpeg_quality"] == 90
+    assert r.record["protected"] == r.record["protected_after_jpeg"]
+    # The reported score after JPEG is that of the file written (same Pillow encoder and settings).
+    with Image.open(r.output) as im:
+        decoded = np.asarray(im.convert("RGB"), np.float32)[None] / 255.0
+    from hasmap_jax.views import fit_view_np
+
+    score = float(model.apply(jnp.asarray(fit_view_np(decoded, model.input_size)))[0])
+    assert score == pytest.approx(r.record["score_after_jpeg"], abs=1e-3)
+    # PNG output with --robust-jpeg Q also reports the verdict after JPEG at Q.
+    s = protect_paths([src], tmp_path / "out2", settings=settings(robust_jpeg=75), model=model)
+    assert spy[-1][1]["robust_jpeg"] == 75 and "score_after_jpeg" in s.results[0].record
+    protect_paths([src], tmp_path / "out3", settings=settings(), model=model)
+    assert "robust_jpeg" not in spy[-1][1]
+
+
+def test_metadata_stripped_by_default_kept_on_request(tmp_path, model):
+    from PIL import ImageCms
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a = (random_images(1, W, H, seed=3)[0] * 255).round().astype(np.uint8)  # stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(a).save(src / "p.jpg", quality=95, exif=exif.tobytes(), icc_profile=icc)
+
+    s = protect_paths([src], tmp_path / "strip", settings=settings(), model=model)
+    assert any("orientation 6" in n for n in s.results[0].notes)
+    with Image.open(tmp_path / "strip" / "p.png") as out:
+        assert out.size == (W, H)  # upright: W wide, H high
+        assert len(out.getexif()) == 0 and out.info.get("icc_profile") == icc
+    protect_paths([src], tmp_path / "keep", settings=settings(keep_metadata=True, strip_icc=True), model=model)
+    with Image.open(tmp_path / "keep" / "p.png") as out:
+        e = out.getexif()
+        assert e[0x0112] == 1 and e[0x010F] == "TestCam" and "icc_profile" not in out.info
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def toy_loader(monkeypatch, model):
+    import hasmap_jax.loading
+
+    monkeypatch.setattr(hasmap_jax.loading, "load_quality_model", lambda name="default": model)
+
+
+def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    out = tmp_path / "out"
+    args = ["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]
+    assert protect_cli.main(args) == 0
+    assert "1 protected now" in capsys.readouterr().out
+    assert protect_cli.main(args) == 0
+    assert "1 already done" in capsys.readouterr().out
+    assert protect_cli.main([*args, "--alpha", "3"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert protect_cli.main(["protect", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert protect_cli.main(["protect", str(src), "-o", str(src)]) == 2
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert protect_cli.main(args) == 1
+    assert "broken.png" in capsys.readouterr().err
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attack, "attack_batch", interrupted)
+    save_photo(src / "new.png", seed=9)
+    assert protect_cli.main(args) == 130
+    assert "rerun the same command" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        protect_cli.main(["protect", str(src), "-o", str(out), "--preset", "high", "--alpha", "3"])
+
+
+def test_cli_help_lists_behaviours():
+    text = protect_cli.build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
+    for words in ("--preset", "--robust-jpeg", "--keep-metadata", "--max-pixels", "exit status", "--force"):
+        assert words in text
+
+
+def _examples_and_default_model() -> bool:
+    from hasmap_jax.loading import weights_dir
+
+    return EXAMPLES.is_dir() and any(EXAMPLES.glob("*.png")) and (weights_dir() / "default").is_dir()
+
+
+@pytest.mark.skipif(not _examples_and_default_model(), reason="needs examples/ and weights/default")
+def test_protect_then_evaluate_end_to_end_from_the_command_line(tmp_path):
+    """The shipped example photos with the shipped default model, through the `hasmap` command."""
+    import hasmap_jax.cli as cli
+
+    wired = "protect" in cli.build_parser()._subparsers._group_actions[0].choices
+    entry = ["-m", "hasmap_jax.cli" if wired else "hasmap_jax.protect_cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = tree_digest(EXAMPLES)
+    out, ev = tmp_path / "protected", tmp_path / "evaluation"
+    cmd = [sys.executable, *entry, "protect", str(EXAMPLES), "-o", str(out), "--steps", "3", "-q"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    n = len(list(EXAMPLES.glob("*.png")))
+    assert len(list(out.glob("*.png"))) == n and tree_digest(EXAMPLES) == before
+    manifest = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
+    assert sum(r.get("status") == "ok" for r in manifest) == n
+    cmd = [sys.executable, *entry, "evaluate", str(EXAMPLES), str(out), "-o", str(ev), "-q"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert "accuracy" in p.stdout and "after JPEG-90" in p.stdout
+    rows = (ev / "results.csv").read_text().splitlines()
+    assert len(rows) == n + 1
+    data = json.loads((ev / "results.json").read_text())
+    run = data["runs"][0]
+    assert run["summary"]["images"] == n and run["summary"]["mean_lpips"] is not None
+    assert (ev / "report.html").is_file() and len(list((ev / "report_files").glob("*.png"))) == 4 * n
