@@ -391,7 +391,7 @@ def format_report(report: dict[str, Any]) -> str:
     for kind in qd.KINDS:
         k = report["per_kind"][kind]
         cells = " ".join(f"{v['mean_score']:>5.1f} ({v['share_low']:>4.0%})" for v in k["levels"].values())
-        lines.append(f"{kind:<13}{k['share_low_clear']:>8.1%}   {' ' * 49}{cells}")
+        lines.append(f"{kind:<13}{k['share_low_clear']:>8.1%}   {' ' * 51}{cells}")
     lines += [
         f"correct: clean {acc['clean']:.1%}, clean after JPEG 90 {acc['clean_jpeg90']:.1%}, "
         f"clearly degraded (severity >= {qd.CLEAR_SEVERITY}) {acc['degraded_clear']:.1%}",
