@@ -181,9 +181,7 @@ def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
     path = _resolve(source)
     fmt = sniff_format(path)
     if fmt == "checkpoint":
-        card = checkpoint.read_card(path)
-        if card["kind"] != "quality":
-            raise WeightError(f"{path}: a {card['kind']} model, not a quality model")
+        card = _read_card(path, "quality")
         module = KonCept512.from_config(card["config"])
         size = tuple(card.get("input_size", (299, 299)))
         variables = checkpoint.restore(path, koncept.abstract_variables(module, _trace_size(module, size)))
@@ -225,9 +223,7 @@ def load_sensitivity_model(source: str | os.PathLike = "default"):
     path = _resolve(source)
     fmt = sniff_format(path)
     if fmt == "checkpoint":
-        card = checkpoint.read_card(path)
-        if card["kind"] != "sensitivity":
-            raise WeightError(f"{path}: a {card['kind']} model, not a sensitivity model")
+        card = _read_card(path, "sensitivity")
         module = SensitivityNet.from_config(card["config"])
         expected = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3))))
         return SensitivityModel(module, checkpoint.restore(path, expected), card)
@@ -256,6 +252,13 @@ _NO_HEAD = (
     "convs); a map from it would be meaningless. Use a trained sensitivity model, or these weights "
     "to initialise training (hasmap_jax.conversion.vgg16.load_torch / load_keras)."
 )
+
+
+def _read_card(path: Path, kind: str) -> dict[str, Any]:
+    card = checkpoint.read_card(path)
+    if card["kind"] != kind:
+        raise WeightError(f"{path}: a {card['kind']} model, not a {kind} model")
+    return card
 
 
 def _trace_size(module: KonCept512, size: tuple[int, int]) -> tuple[int, int]:

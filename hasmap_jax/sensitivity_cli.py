@@ -74,10 +74,6 @@ def resolve_sensitivity_model(spec: Any = "default"):
     with `map(images)` (returned as is)."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    if isinstance(spec, str) and spec == "default":
-        from hasmap_jax.sensitivity import default_sensitivity
-
-        return default_sensitivity()
     from hasmap_jax.loading import load_sensitivity_model
 
     return load_sensitivity_model(spec)
