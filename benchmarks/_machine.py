@@ -72,7 +72,7 @@ def describe_machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         # Other work on the host skews CPU timings; the 1-minute load average at start shows it.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "default_matmul_precision": str(getattr(jax.config, "jax_default_matmul_precision", "n/a")),
         "environment": env,
     }
 

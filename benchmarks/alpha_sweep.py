@@ -4,7 +4,7 @@ For each alpha, attacks a fixed photo set (default: the shipped example photos) 
 default quality model and sensitivity map, then reports the share of photos still rated high
 quality (accuracy, lower is better protection) as saved (8-bit PNG) and after the MediaEval 2020
 protocol's JPEG quality 90 (Pillow), with mean PSNR / SSIM. `--robust-jpeg 90` repeats the sweep
-with the JPEG-robust loss.
+with the JPEG-robust loss, once per margin kappa of `--robust-confidences` (default 0).
 
     python benchmarks/alpha_sweep.py --alphas 1,2,5,10,20,30,40,50 --steps 100
 """
@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     p.add_argument("--sensitivity", default="default")
     p.add_argument("--threshold", type=float, default=50.0)
     p.add_argument("--robust-jpeg", type=int, default=None, help="also sweep with the JPEG-robust loss")
+    p.add_argument("--robust-confidences", default="0", help="margins kappa of the JPEG-robust sweeps (comma-separated)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
@@ -72,8 +73,10 @@ def main(argv=None) -> None:
         f"{np.mean(jpeg_clean > args.threshold):.1%} after JPEG-90"
     )
     rows = []
-    modes = [None] + ([args.robust_jpeg] if args.robust_jpeg else [])
-    for robust in modes:
+    modes = [(None, 0.0)]
+    if args.robust_jpeg:
+        modes += [(args.robust_jpeg, float(k)) for k in args.robust_confidences.split(",")]
+    for robust, kappa in modes:
         for alpha in (float(a) for a in args.alphas.split(",")):
             t = time.perf_counter()
             parts = [
@@ -86,6 +89,7 @@ def main(argv=None) -> None:
                     search_steps=args.search_steps,
                     threshold=args.threshold,
                     robust_jpeg=robust,
+                    confidence=kappa,
                 )
                 for i in range(0, len(x), args.batch_size)
             ]
@@ -95,6 +99,7 @@ def main(argv=None) -> None:
             rows.append(
                 dict(
                     robust_jpeg=robust,
+                    confidence=kappa,
                     alpha=alpha,
                     acc_8bit=float(np.mean(after > args.threshold)),
                     acc_jpeg90=float(np.mean(after_jpeg > args.threshold)),
@@ -105,13 +110,13 @@ def main(argv=None) -> None:
                     seconds=time.perf_counter() - t,
                 )
             )
-            print(f"  done robust={robust} alpha={alpha}", file=sys.stderr, flush=True)
+            print(f"  done robust={robust} kappa={kappa} alpha={alpha}", file=sys.stderr, flush=True)
     print(
         "\n| loss | alpha | rated high, 8-bit | rated high, JPEG-90 | PSNR dB | SSIM | mean score (8-bit / JPEG) | s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        loss = "plain" if r["robust_jpeg"] is None else f"JPEG-robust q{r['robust_jpeg']}"
+        loss = "plain" if r["robust_jpeg"] is None else f"JPEG-robust q{r['robust_jpeg']} kappa {r['confidence']:g}"
         print(
             f"| {loss} | {r['alpha']:g} | {r['acc_8bit']:.1%} | {r['acc_jpeg90']:.1%} | {r['psnr']:.2f} | "
             f"{r['ssim']:.4f} | {r['mean_score_after']:.1f} / {r['mean_score_jpeg']:.1f} | {r['seconds']:.0f} |"

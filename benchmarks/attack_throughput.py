@@ -83,7 +83,7 @@ def bench(model, name: str, batch: int, args) -> dict:
         optimizer=None,
         early_stop=False,
         view_size=None,
-        jpeg_quality=args.robust_jpeg,
+        jpeg_chain=() if args.robust_jpeg is None else (args.robust_jpeg,),
     )
     dyn = (model, x, maps, alpha, jnp.float32(50.0), jnp.float32(0.0), jnp.float32(1e-2))
 
@@ -96,6 +96,13 @@ def bench(model, name: str, batch: int, args) -> dict:
 
     vg = jax.jit(jax.value_and_grad(lambda x: model.apply(x).sum()))
     vg_t = statistics.median(timed(vg, x, repeats=args.repeats))
+    flops = None
+    try:  # XLA's own count of the forward + input gradient (None where the backend gives none)
+        cost = vg.lower(x).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops")) if cost and cost.get("flops") else None
+    except Exception:
+        pass
 
     # The same forward + input gradient run `steps` times inside lax.scan: separates what a compiled
     # loop costs on this backend (large on XLA:CPU) from what the attack's own arithmetic adds.
@@ -105,7 +112,9 @@ def bench(model, name: str, batch: int, args) -> dict:
 
         return jax.lax.scan(body, x, None, length=args.steps)[0]
 
-    scan_t = statistics.median(timed(jax.jit(scanned), x, repeats=args.repeats)) / args.steps
+    scan_t = float("nan")
+    if not args.no_loop_baseline:
+        scan_t = statistics.median(timed(jax.jit(scanned), x, repeats=args.repeats)) / args.steps
     stats = {}
     try:
         stats = jax.devices()[0].memory_stats() or {}
@@ -123,6 +132,8 @@ def bench(model, name: str, batch: int, args) -> dict:
         fwd_grad_ms_per_image=1e3 * vg_t / batch,
         fwd_grad_in_loop_ms_per_image=1e3 * scan_t / batch,
         overhead=step_t / vg_t - 1.0,
+        fwd_grad_gflop_per_image=None if flops is None else flops / batch / 1e9,
+        attack_tflops=None if flops is None else flops / step_t / 1e12,
         overhead_vs_loop=step_t / scan_t - 1.0,
         xla_bytes=xla_bytes,
         xla_bytes_per_image=None if xla_bytes is None else xla_bytes / batch,
@@ -143,6 +154,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     p.add_argument("--alpha", type=float, default=10.0)
     p.add_argument("--robust-jpeg", type=int, default=None, help="also time the JPEG-robust loss at this quality")
+    p.add_argument(
+        "--no-loop-baseline", action="store_true", help="skip timing forward + gradient inside lax.scan (one compile less)"
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
@@ -168,6 +182,7 @@ def main(argv=None) -> None:
         "step ms/img",
         "fwd+grad ms/img",
         "overhead",
+        "TFLOP/s",
         "xla MiB",
         "MiB/img",
         "dev peak MiB",
@@ -183,6 +198,7 @@ def main(argv=None) -> None:
             f"{r['step_ms_per_image']:.1f}",
             f"{r['fwd_grad_ms_per_image']:.1f}",
             f"{100 * r['overhead']:+.1f}%",
+            "n/a" if r["attack_tflops"] is None else f"{r['attack_tflops']:.3g}",
             fmt_mib(r["xla_bytes"]),
             fmt_mib(r["xla_bytes_per_image"]),
             fmt_mib(r["device_peak_bytes"]),
@@ -190,6 +206,8 @@ def main(argv=None) -> None:
         print("  ".join(f"{c:>15}" for c in cells))
     print(
         "\noverhead = (attack time per step) / (model forward + input gradient time) - 1, same batch;"
+        "\nTFLOP/s = XLA's flop count of the forward + input gradient / attack time per step (the attack's"
+        "\n  useful arithmetic rate; KonCept512 at 384x512 is about 116 GFLOP per image-step);"
         "\nxla MiB = memory_analysis() arguments + outputs + temporaries of the compiled attack."
     )
     if args.json:

@@ -47,7 +47,7 @@ def load_photos(folder: Path) -> tuple[list[str], list[np.ndarray]]:
     return [f.name for f in files], [read_image(f).rgb for f in files]
 
 
-def run(images, alpha, robust, args, model) -> dict:
+def run(images, alpha, robust, args, model, kappa: float = 0.0) -> dict:
     """One attack of every photo (grouped by size) at `alpha`; the measurements of `main`'s doc."""
     from hasmap_jax.attack import attack_batch
     from hasmap_jax.evaluate import score_images
@@ -70,6 +70,7 @@ def run(images, alpha, robust, args, model) -> dict:
                 steps=args.steps,
                 threshold=args.threshold,
                 robust_jpeg=args.quality if robust else None,
+                confidence=kappa,
             )
             # Judged the same way for both settings: the evaluation's Pillow round trip and view.
             after[part] = score_images(model, r.images, jpeg_quality=args.quality)
@@ -77,7 +78,7 @@ def run(images, alpha, robust, args, model) -> dict:
             mse[part] = 10.0 ** (-np.asarray(r.psnr, np.float64) / 10.0)  # inf dB -> 0
             ssim[part] = r.ssim
     return {
-        "setting": "robust" if robust else "plain",
+        "setting": f"robust k={kappa:g}" if robust else "plain",
         "alpha": float(alpha),
         "protected_after_jpeg": float(np.mean(after <= args.threshold)),
         "protected_as_saved": float(np.mean(saved)),
@@ -114,7 +115,7 @@ def interpolate(rows: list[dict], psnr: float) -> float | None:
 
 def fmt(r: dict) -> str:
     return (
-        f"{r['setting']:>6}  alpha {r['alpha']:8.3g}  PSNR {r['mean_psnr']:6.2f} dB (set)  SSIM {r['mean_ssim']:.4f}  "
+        f"{r['setting']:>12}  alpha {r['alpha']:8.3g}  PSNR {r['mean_psnr']:6.2f} dB (set)  SSIM {r['mean_ssim']:.4f}  "
         f"protected as saved {r['protected_as_saved']:6.1%}  after JPEG {r['protected_after_jpeg']:6.1%}  "
         f"({r['seconds']:.0f} s)"
     )
@@ -131,6 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tolerance", type=float, default=0.5, help="PSNR match, dB")
     p.add_argument("--refine", type=int, default=4, help="extra robust runs to match PSNR")
+    p.add_argument("--confidences", default="0", help="margins kappa of the robust setting (comma-separated)")
     p.add_argument("--json", type=Path, help="also write every row here")
     args = p.parse_args(argv)
 
@@ -150,32 +152,42 @@ def main(argv=None) -> None:
     high = [float(score_images(model, im[None], jpeg_quality=args.quality)[0]) > args.threshold for im in images]
     print(f"before   : {np.mean(high):.1%} of the photos rated high after JPEG-{args.quality} (unprotected)")
 
-    rows = {"plain": [], "robust": []}
-    for setting in ("plain", "robust"):
-        for a in (float(v) for v in args.alphas.split(",")):
-            rows[setting].append(run(images, a, setting == "robust", args, model))
-            print(fmt(rows[setting][-1]), flush=True)
+    alphas = [float(v) for v in args.alphas.split(",")]
+    kappas = [float(k) for k in args.confidences.split(",")]
+    rows: dict[str, list[dict]] = {"plain": []}
+    for a in alphas:
+        rows["plain"].append(run(images, a, False, args, model))
+        print(fmt(rows["plain"][-1]), flush=True)
+    for kappa in kappas:
+        name = f"robust k={kappa:g}"
+        rows[name] = []
+        for a in alphas:
+            rows[name].append(run(images, a, True, args, model, kappa))
+            print(fmt(rows[name][-1]), flush=True)
 
-    print("\nmatched at equal PSNR (robust alpha refined where needed):")
-    for pr in rows["plain"]:
-        for attempt in range(args.refine + 1):
-            best = min(rows["robust"], key=lambda r: abs(r["mean_psnr"] - pr["mean_psnr"]))
-            if abs(best["mean_psnr"] - pr["mean_psnr"]) <= args.tolerance or attempt == args.refine:
-                break
-            rows["robust"].append(run(images, refine_alpha(rows["robust"], pr["mean_psnr"]), True, args, model))
-            print("  refine: " + fmt(rows["robust"][-1]), flush=True)
-        gap = best["mean_psnr"] - pr["mean_psnr"]
-        tag = "matched" if abs(gap) <= args.tolerance else f"NOT matched ({gap:+.2f} dB)"
-        print(
-            f"  PSNR {pr['mean_psnr']:6.2f} / {best['mean_psnr']:6.2f} dB: protected after JPEG-{args.quality} "
-            f"plain {pr['protected_after_jpeg']:6.1%} (alpha {pr['alpha']:.3g}) vs robust "
-            f"{best['protected_after_jpeg']:6.1%} (alpha {best['alpha']:.3g})  [{tag}]"
-        )
-    print("\ninterpolated in PSNR (robust curve at each plain run's PSNR):")
-    for pr in rows["plain"]:
-        v = interpolate(rows["robust"], pr["mean_psnr"])
-        shown = "outside the robust runs' PSNR range" if v is None else f"{v:6.1%}"
-        print(f"  PSNR {pr['mean_psnr']:6.2f} dB: plain {pr['protected_after_jpeg']:6.1%}, robust {shown}")
+    for kappa in kappas:
+        name = f"robust k={kappa:g}"
+        robust = rows[name]
+        print(f"\nmatched at equal PSNR, plain vs {name} (robust alpha refined where needed):")
+        for pr in rows["plain"]:
+            for attempt in range(args.refine + 1):
+                best = min(robust, key=lambda r: abs(r["mean_psnr"] - pr["mean_psnr"]))
+                if abs(best["mean_psnr"] - pr["mean_psnr"]) <= args.tolerance or attempt == args.refine:
+                    break
+                robust.append(run(images, refine_alpha(robust, pr["mean_psnr"]), True, args, model, kappa))
+                print("  refine: " + fmt(robust[-1]), flush=True)
+            gap = best["mean_psnr"] - pr["mean_psnr"]
+            tag = "matched" if abs(gap) <= args.tolerance else f"NOT matched ({gap:+.2f} dB)"
+            print(
+                f"  PSNR {pr['mean_psnr']:6.2f} / {best['mean_psnr']:6.2f} dB: protected after JPEG-{args.quality} "
+                f"plain {pr['protected_after_jpeg']:6.1%} (alpha {pr['alpha']:.3g}) vs {name} "
+                f"{best['protected_after_jpeg']:6.1%} (alpha {best['alpha']:.3g})  [{tag}]"
+            )
+        print(f"interpolated in PSNR ({name} curve at each plain run's PSNR):")
+        for pr in rows["plain"]:
+            v = interpolate(robust, pr["mean_psnr"])
+            shown = "outside the robust runs' PSNR range" if v is None else f"{v:6.1%}"
+            print(f"  PSNR {pr['mean_psnr']:6.2f} dB: plain {pr['protected_after_jpeg']:6.1%}, {name} {shown}")
     if args.json:
         args.json.write_text(json.dumps({"machine": describe_machine(), "args": vars(args), "rows": rows}, default=str))
 

@@ -22,9 +22,13 @@ Protocol
   the sensitive set (20 % means spread evenly; lower is better). Note that the default map is both
   a contestant and the judge here: its row is expected to win, and a trained map judged by it is
   not judged by people.
-- The trained map: `--trained CKPT_DIR` (from `hasmap train-sensitivity`). Without it the row is
-  skipped with the reason: no human-annotated sensitivity data is available in this environment
-  (the EMOd maps are not public), so no trained checkpoint ships.
+- The trained map: `--trained CKPT_DIR` (from `hasmap train-sensitivity`), or its maps of these
+  photos computed beforehand (`--trained CKPT_DIR --write-trained-maps F.npz` writes them and
+  exits; `--trained-maps F.npz` uses them: a VGG16 checkpoint is 59 MB, the maps of six photos
+  a few MB, which suits a copy to an accelerator machine). Without either the row is skipped with
+  the reason: no human-annotated sensitivity data is available in this environment (the EMOd maps
+  are not public), so no trained checkpoint ships. `scripts/make_jnd_pairs.py` makes pairs whose
+  targets are the default map itself, so a network trained on them imitates the judge.
 
     PYTHONPATH=. python benchmarks/sensitivity_effect.py                       # GPU: minutes
     PYTHONPATH=. python benchmarks/sensitivity_effect.py --limit 2 --steps 20 --search-steps 2   # CPU smoke run
@@ -119,7 +123,7 @@ def run(
                 x[i : i + batch_size],
                 alpha,
                 model=model,
-                sensitivity=sensitivity,
+                sensitivity=sensitivity[i : i + batch_size] if isinstance(sensitivity, np.ndarray) else sensitivity,
                 steps=steps,
                 search_steps=search_steps,
                 threshold=threshold,
@@ -181,6 +185,8 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N photos")
     p.add_argument("--model", default="default", help="quality model (default: %(default)s)")
     p.add_argument("--trained", default=None, help="a trained sensitivity checkpoint (hasmap train-sensitivity)")
+    p.add_argument("--trained-maps", default=None, help="the trained map's maps of these photos (.npz by file name)")
+    p.add_argument("--write-trained-maps", default=None, help="with --trained: write its maps (.npz) and exit")
     p.add_argument("--reference", default="default", help="the judging map: 'default' (JND) or a checkpoint")
     p.add_argument("--alpha", type=float, default=10.0, help="starting alpha of the search (default: %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="steps per search step (default: %(default)s)")
@@ -198,7 +204,19 @@ def main(argv=None) -> None:
         names, x = names[: args.limit], x[: args.limit]
     maps: dict[str, Any] = {"uniform": "uniform", "default (JND)": "default"}
     skipped = {}
-    if args.trained:
+    if args.trained and args.write_trained_maps:
+        trained = load_sensitivity_model(args.trained)
+        out = {n: np.asarray(trained.map(x[i : i + 1] / np.float32(255)))[0] for i, n in enumerate(names)}
+        np.savez_compressed(args.write_trained_maps, **out)
+        print(f"wrote the maps of {len(out)} photos to {args.write_trained_maps}")
+        return
+    if args.trained_maps:
+        with np.load(args.trained_maps) as f:
+            missing = [n for n in names if n not in f.files]
+            if missing:
+                raise SystemExit(f"{args.trained_maps} has no map for {', '.join(missing)}")
+            maps[f"trained ({Path(args.trained_maps).name})"] = np.stack([f[n] for n in names]).astype(np.float32)
+    elif args.trained:
         maps[f"trained ({args.trained})"] = load_sensitivity_model(args.trained)
     else:
         skipped["trained"] = NO_TRAINED

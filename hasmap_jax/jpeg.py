@@ -5,7 +5,9 @@ BT.601, full range), 4:2:0 chroma subsampling (2x2 mean), level shift, 8x8 DCT-I
 Annex K tables scaled for `quality` exactly as libjpeg's `jpeg_quality_scaling`, rounding (with a
 straight-through gradient), dequantisation, inverse DCT, chroma upsampling with libjpeg's "fancy"
 triangle filter (= bilinear x2 with half-pixel centres), YCbCr -> RGB, clipping and rounding to
-8 bits. After Shin & Song, "JPEG-resistant adversarial images" (2017), which showed that
+8 bits. Like libjpeg, the YCbCr planes are 8-bit integers on both sides of the DCT: the colour
+conversion's and the inverse DCT's outputs are rounded and clipped to 0..255 (straight-through);
+leaving those roundings out doubled the mismatch to Pillow (measured in tests/test_jpeg.py). After Shin & Song, "JPEG-resistant adversarial images" (2017), which showed that
 attacking through such a model makes perturbations survive real JPEG.
 """
 
@@ -65,6 +67,7 @@ def _blocks_roundtrip(plane: jax.Array, table: np.ndarray) -> jax.Array:
     coef = jnp.einsum("ij,nabjk,lk->nabil", d, b - 128.0, d)
     coef = _round_ste(coef / table) * table
     b = jnp.einsum("ji,nabjk,kl->nabil", d, coef, d) + 128.0
+    b = _round_ste(jnp.clip(b, 0.0, 255.0))  # libjpeg's IDCT writes 8-bit samples
     return b.transpose(0, 1, 3, 2, 4).reshape(n, h, w)
 
 
@@ -78,12 +81,14 @@ def diff_jpeg(images: jax.Array, quality: int) -> jax.Array:
     y = 0.299 * r + 0.587 * g + 0.114 * b
     cb = -0.168736 * r - 0.331264 * g + 0.5 * b + 128.0
     cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128.0
+    y, cb, cr = (_round_ste(c) for c in (y, cb, cr))  # libjpeg converts to 8-bit YCbCr
     H, W = y.shape[1:]
 
     def chroma(c):
-        small = c.reshape(n, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
+        small = _round_ste(c.reshape(n, H // 2, 2, W // 2, 2).mean(axis=(2, 4)))
         small = _blocks_roundtrip(small, qc)
-        return jax.image.resize(small, (n, H, W), method="linear", antialias=False)
+        # libjpeg's fancy upsampling works in integers too (rounding biases aside).
+        return _round_ste(jax.image.resize(small, (n, H, W), method="linear", antialias=False))
 
     y, cb, cr = _blocks_roundtrip(y, qy), chroma(cb), chroma(cr)
     rgb = jnp.stack(

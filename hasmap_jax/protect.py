@@ -63,17 +63,20 @@ class Preset:
     alpha: float
     steps: int
     search_steps: int
+    confidence: float
     description: str
 
 
 #: Named strengths. alpha follows `attack_batch` (the paper's trade-off; Table 1 spans 10 ... 50);
 #: what each gives with the default model is measured in the report, not promised here.
 PRESETS: dict[str, Preset] = {
-    "low": Preset(40.0, 100, 1, "faintest change; protects the fewest photos"),
-    "mid": Preset(20.0, 100, 1, "the default balance"),
-    "high": Preset(10.0, 200, 1, "protects the most photos; the change is more often visible up close"),
+    "low": Preset(40.0, 100, 1, 0.0, "faintest change; protects the fewest photos"),
+    "mid": Preset(20.0, 100, 1, 0.0, "the default balance"),
+    "high": Preset(10.0, 200, 1, 0.0, "protects the most photos; the change is more often visible up close"),
 }
 DEFAULT_PRESET = "mid"
+#: The MediaEval 2020 protocol JPEG-compresses every protected image at this quality before scoring.
+PROTOCOL_JPEG_QUALITY = 90
 
 
 class UsageError(ValueError):
@@ -92,8 +95,12 @@ class ProtectSettings:
       alpha, steps, search_steps, learning_rate, threshold: passed to `attack_batch`.
       format: "png" or "jpeg" (output files .png / .jpg).
       quality: JPEG quality of JPEG output.
-      robust_jpeg: JPEG quality the protection must survive (`attack_batch(robust_jpeg=...)`);
-        "auto" (default): `quality` for JPEG output, None (off) for PNG.
+      robust_jpeg: JPEG quality the protection must survive after the file is saved (the MediaEval
+        2020 protocol re-encodes at `PROTOCOL_JPEG_QUALITY` = 90), or None (off); "auto"
+        (default): 90. The attack sees the output as it will be re-encoded
+        (`attack_batch(robust_jpeg=...)`): a PNG output once at this quality, a JPEG output at its
+        own `quality` and then at this one. Stored as that chain of qualities (`jpeg_chain`).
+      confidence: the margin kappa of `attack_batch` (success needs score <= threshold - kappa/2).
       suffix: appended to each output's stem ("" keeps the name).
       keep_metadata: copy EXIF (orientation 1, no thumbnail) into the outputs.
       strip_icc: drop the ICC colour profile too.
@@ -110,6 +117,7 @@ class ProtectSettings:
     format: str = "png"
     quality: int = 90
     robust_jpeg: int | str | None = "auto"
+    confidence: float = PRESETS[DEFAULT_PRESET].confidence
     suffix: str = ""
     keep_metadata: bool = False
     strip_icc: bool = False
@@ -125,9 +133,11 @@ class ProtectSettings:
         if not 1 <= int(self.quality) <= 100:
             raise UsageError(f"JPEG quality must be in 1..100, got {self.quality}")
         if self.robust_jpeg == "auto":
-            object.__setattr__(self, "robust_jpeg", int(self.quality) if self.format == "jpeg" else None)
+            object.__setattr__(self, "robust_jpeg", PROTOCOL_JPEG_QUALITY)
         elif self.robust_jpeg is not None and not 1 <= int(self.robust_jpeg) <= 100:
             raise UsageError(f"robust JPEG quality must be in 1..100, got {self.robust_jpeg}")
+        if not (np.isfinite(self.confidence) and self.confidence >= 0):
+            raise UsageError(f"confidence must be >= 0, got {self.confidence}")
         if not (np.isfinite(self.alpha) and self.alpha > 0):
             raise UsageError(f"alpha must be positive, got {self.alpha}")
         if self.steps < 1 or self.search_steps < 1:
@@ -145,11 +155,20 @@ class ProtectSettings:
         if name not in PRESETS:
             raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         p = PRESETS[name]
-        return cls(**{"alpha": p.alpha, "steps": p.steps, "search_steps": p.search_steps, **overrides})
+        preset = {"alpha": p.alpha, "steps": p.steps, "search_steps": p.search_steps, "confidence": p.confidence}
+        return cls(**{**preset, **overrides})
+
+    @property
+    def jpeg_chain(self) -> tuple[int, ...]:
+        """The JPEG round trips the output goes through before it is judged: the saved JPEG (JPEG
+        output only), then the re-encoding at `robust_jpeg` (if on)."""
+        saved = (int(self.quality),) if self.format == "jpeg" else ()
+        return saved + (() if self.robust_jpeg is None else (int(self.robust_jpeg),))
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["view_size"] = list(self.view_size) if isinstance(self.view_size, tuple) else self.view_size
+        d["jpeg_chain"] = list(self.jpeg_chain)
         return d
 
     def output_name(self, rel: Path) -> Path:
@@ -592,8 +611,10 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
     # Only non-default values are passed, so older attack_batch signatures keep working.
     if settings.view_size != "auto":
         kwargs["view_size"] = settings.view_size
-    if settings.robust_jpeg is not None:
-        kwargs["robust_jpeg"] = int(settings.robust_jpeg)
+    if settings.jpeg_chain:
+        kwargs["robust_jpeg"] = settings.jpeg_chain
+    if settings.confidence:
+        kwargs["confidence"] = settings.confidence
     if progress is not None:
         progress(0, total, "")
     for size, idx in batches:
@@ -675,10 +696,13 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
         v = float(np.asarray(a)[k])
         return v if np.isfinite(v) else None  # PSNR of an unchanged image is inf; JSON has no inf
 
+    chain = getattr(res, "scores_jpeg_chain", None)
+    # What the file holds: the 8-bit image (PNG), or its JPEG round trip (JPEG output).
+    saved = res.score_after if settings.format != "jpeg" or chain is None else np.asarray(chain)[:, 0]
     m = {
         "score_before": num(res.score_before),
-        "score_after": num(res.score_after),
-        "rated_low": bool(res.success[k]),
+        "score_after": num(saved),
+        "rated_low": bool(float(np.asarray(saved)[k]) <= settings.threshold),
         "rated_low_before": bool(float(np.asarray(res.score_before)[k]) <= settings.threshold),
         "psnr": num(res.psnr),
         "ssim": num(res.ssim),
@@ -691,6 +715,7 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
     jpeg = getattr(res, "score_after_jpeg", None)
     if settings.robust_jpeg is not None and jpeg is not None:
         m["jpeg_quality"] = int(settings.robust_jpeg)
+        m["jpeg_chain"] = list(settings.jpeg_chain)
         m["score_after_jpeg"] = num(jpeg)
         m["protected_after_jpeg"] = bool(res.success_after_jpeg[k])
         m["protected"] = m["protected_after_jpeg"]

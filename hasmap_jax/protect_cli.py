@@ -112,8 +112,9 @@ behaviour:
   OUTDIR/<path inside the input folder>/<stem><suffix>.png|.jpg. OUTDIR/hasmap-manifest.jsonl records
   the settings and each photo's result: rerunning the same command skips finished photos; a rerun
   with other settings is refused unless --force (which redoes every photo with the new settings).
-  JPEG output is protected to survive JPEG at its own quality (--robust-jpeg, reported after real
-  Pillow encoding). Metadata: EXIF/XMP/comments are dropped, the ICC colour profile is kept
+  The protection is made to survive re-encoding as JPEG at quality 90 (the MediaEval 2020
+  protocol's; --robust-jpeg Q|off) and reported after real Pillow encoding; JPEG output is attacked
+  through its own --quality first, then the re-encoding. Metadata: EXIF/XMP/comments are dropped, the ICC colour profile is kept
   (--keep-metadata also copies EXIF with orientation 1 and no thumbnail; --strip-icc drops the profile).
   Greyscale, palette, CMYK and 16-bit photos are converted to 8-bit RGB (noted); transparency is
   kept in PNG output and composited on white in JPEG output; animations use their first frame
@@ -159,7 +160,13 @@ def add_protect_parser(sub) -> argparse.ArgumentParser:
         type=_robust,
         default="auto",
         metavar="Q|auto|off",
-        help="JPEG quality the protection must survive (default auto: --quality for JPEG output, off for PNG)",
+        help="JPEG re-encoding the protection must survive, judged after real JPEG (default auto: 90, "
+        "the MediaEval 2020 protocol's; JPEG output is attacked through its own --quality first)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        help="margin kappa: a photo counts as protected at score <= threshold - kappa/2 (default: the preset's)",
     )
     p.add_argument("--threshold", type=float, default=50.0, help="'high' quality <=> score > T (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="photos of one size per batch (default: 4)")
@@ -205,6 +212,8 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
         overrides["steps"] = args.steps
     if args.search_steps is not None:
         overrides["search_steps"] = args.search_steps
+    if args.confidence is not None:
+        overrides["confidence"] = args.confidence
     return ProtectSettings.from_preset(args.preset or DEFAULT_PRESET, **overrides)
 
 

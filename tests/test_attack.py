@@ -226,11 +226,13 @@ def test_diff_jpeg_approximates_pillow():
 
     x = (random_images(2, 50, 70, seed=3) * 255).round().astype(np.uint8)
     x = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(1.5))) for i in x])
-    for q in (90, 50):
+    for q, bound in ((90, 0.31), (50, 0.17)):
         real = pillow_jpeg(x, q).astype(np.float32)
         ours = np.asarray(diff_jpeg(jnp.asarray(x / 255.0, jnp.float32), q)) * 255
-        # JPEG's own change is several times what separates us from libjpeg's integer pipeline.
-        assert np.abs(ours - real).mean() < 0.4 * np.abs(real - x).mean()
+        # JPEG's own change is several times what separates us from libjpeg's integer pipeline
+        # (measured 0.28 and 0.14 of it; 0.35 and 0.22 without rounding the YCbCr planes to 8 bits
+        # as libjpeg does, which these bounds reject).
+        assert np.abs(ours - real).mean() < bound * np.abs(real - x).mean()
     g = jax.grad(lambda v: diff_jpeg(v, 90).sum())(jnp.asarray(x / 255.0, jnp.float32))
     assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).mean()) > 0.5
 
@@ -252,3 +254,27 @@ def test_robust_jpeg_survives_real_jpeg(batch):
     np.testing.assert_allclose(
         robust.score_after_jpeg, model.apply(jnp.asarray(pillow_jpeg(robust.images, 90) / 255.0, jnp.float32))
     )
+
+
+def test_robust_jpeg_chain(batch):
+    """A sequence of qualities is a chain of re-encodings: the loss sees every prefix, the result
+    reports the score after each real round trip, and bad qualities are refused."""
+    from conftest import ToyQuality
+
+    from hasmap_jax.jpeg import pillow_jpeg
+
+    x, _ = batch
+    model = ToyQuality(jnp.asarray(3e-3 * np.random.RandomState(4).randn(H, W, 3).astype(np.float32)))
+    views = A.model_views(jnp.asarray(x[0] / 255.0, jnp.float32), None, (80, 90))
+    assert views.shape == (3, H, W, 3)
+    r = A.attack_batch(x, 0.1, model=model, steps=60, robust_jpeg=(80, 90))
+    once = pillow_jpeg(r.images, 80)
+    twice = pillow_jpeg(once, 90)
+    expect = np.stack([model.apply(jnp.asarray(v / 255.0, jnp.float32)) for v in (once, twice)], axis=1)
+    np.testing.assert_allclose(r.scores_jpeg_chain, expect, rtol=1e-5)
+    np.testing.assert_allclose(r.score_after_jpeg, expect[:, 1], rtol=1e-5)
+    assert r.success_after_jpeg.all() and (r.scores_jpeg_chain <= 50).all()
+    assert A.jpeg_chain_of(None) == () and A.jpeg_chain_of(np.int64(90)) == (90,)
+    for bad in (0, 101, (), (90, 0), "90", True, 90.0):
+        with pytest.raises(ValueError, match="robust_jpeg"):
+            A.attack_batch(x, 1.0, model=model, steps=1, robust_jpeg=bad)

@@ -278,25 +278,40 @@ def test_foreign_output_file_kept_and_name_collisions_reported(tmp_path, model):
 
 
 def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
-    src = tmp_path / "in"
-    save_photo(src / "p.png")
-    s = protect_paths([src], tmp_path / "out", settings=settings(format="jpeg"), model=model)
-    assert spy[-1][1]["robust_jpeg"] == 90
-    r = s.results[0]
-    assert r.output.suffix == ".jpg" and r.record["jpeg_quality"] == 90
-    assert r.record["protected"] == r.record["protected_after_jpeg"]
-    # The reported score after JPEG is that of the file written (same Pillow encoder and settings).
-    with Image.open(r.output) as im:
-        decoded = np.asarray(im.convert("RGB"), np.float32)[None] / 255.0
+    from hasmap_jax.jpeg import pillow_jpeg
     from hasmap_jax.views import fit_view_np
 
-    score = float(model.apply(jnp.asarray(fit_view_np(decoded, model.input_size)))[0])
-    assert score == pytest.approx(r.record["score_after_jpeg"], abs=1e-3)
-    # PNG output with --robust-jpeg Q also reports the verdict after JPEG at Q.
+    def score(rgb):
+        x = np.asarray(rgb, np.float32)[None] / 255.0
+        return float(model.apply(jnp.asarray(fit_view_np(x, model.input_size)))[0])
+
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    # JPEG output at 80: attacked through its own encoding, then the protocol's re-encoding at 90.
+    s = protect_paths([src], tmp_path / "out", settings=settings(format="jpeg", quality=80), model=model)
+    assert spy[-1][1]["robust_jpeg"] == (80, 90)
+    r = s.results[0]
+    assert r.output.suffix == ".jpg" and r.record["jpeg_quality"] == 90 and r.record["jpeg_chain"] == [80, 90]
+    assert r.record["protected"] == r.record["protected_after_jpeg"]
+    # "score_after" is that of the file written (same Pillow encoder and settings), and
+    # "score_after_jpeg" that of the file re-encoded at 90, as `hasmap evaluate` does.
+    with Image.open(r.output) as im:
+        decoded = np.asarray(im.convert("RGB"))
+    assert score(decoded) == pytest.approx(r.record["score_after"], abs=1e-3)
+    assert r.record["rated_low"] == (r.record["score_after"] <= 50.0)
+    assert score(pillow_jpeg(decoded[None], 90)[0]) == pytest.approx(r.record["score_after_jpeg"], abs=1e-3)
+    # PNG output: by default attacked through JPEG-90, with --robust-jpeg Q through JPEG-Q, or not.
+    protect_paths([src], tmp_path / "out1", settings=settings(), model=model)
+    assert spy[-1][1]["robust_jpeg"] == (90,)
     s = protect_paths([src], tmp_path / "out2", settings=settings(robust_jpeg=75), model=model)
-    assert spy[-1][1]["robust_jpeg"] == 75 and "score_after_jpeg" in s.results[0].record
-    protect_paths([src], tmp_path / "out3", settings=settings(), model=model)
-    assert "robust_jpeg" not in spy[-1][1]
+    assert spy[-1][1]["robust_jpeg"] == (75,) and "score_after_jpeg" in s.results[0].record
+    s = protect_paths([src], tmp_path / "out3", settings=settings(robust_jpeg=None), model=model)
+    assert "robust_jpeg" not in spy[-1][1] and "score_after_jpeg" not in s.results[0].record
+    # JPEG output without the re-encoding is still judged on what the file holds.
+    s = protect_paths([src], tmp_path / "out4", settings=settings(format="jpeg", robust_jpeg=None), model=model)
+    assert spy[-1][1]["robust_jpeg"] == (90,) and "score_after_jpeg" not in s.results[0].record
+    with Image.open(s.results[0].output) as im:
+        assert score(np.asarray(im.convert("RGB"))) == pytest.approx(s.results[0].record["score_after"], abs=1e-3)
 
 
 def test_metadata_stripped_by_default_kept_on_request(tmp_path, model):
