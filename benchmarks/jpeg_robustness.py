@@ -174,7 +174,10 @@ def main(argv=None) -> None:
                 best = min(robust, key=lambda r: abs(r["mean_psnr"] - pr["mean_psnr"]))
                 if abs(best["mean_psnr"] - pr["mean_psnr"]) <= args.tolerance or attempt == args.refine:
                     break
-                robust.append(run(images, refine_alpha(robust, pr["mean_psnr"]), True, args, model, kappa))
+                a = refine_alpha(robust, pr["mean_psnr"])
+                if any(abs(math.log(a / r["alpha"])) < 0.02 for r in robust):
+                    break  # PSNR jumps between neighbouring alphas here: another run at ~a decides nothing
+                robust.append(run(images, a, True, args, model, kappa))
                 print("  refine: " + fmt(robust[-1]), flush=True)
             gap = best["mean_psnr"] - pr["mean_psnr"]
             tag = "matched" if abs(gap) <= args.tolerance else f"NOT matched ({gap:+.2f} dB)"

@@ -101,11 +101,11 @@ def _positive_int(text: str) -> int:
 # protect
 
 PROTECT_EPILOG = """\
-presets (alpha: smaller = stronger protection, more visible change):
+presets (alpha: smaller = stronger protection, more visible change; all with margin kappa 10):
   low   alpha 40, 100 steps   faintest change, protects the fewest photos
   mid   alpha 20, 100 steps   the default
   high  alpha 10, 200 steps   protects the most photos
---alpha and --steps override the preset's values.
+--alpha, --steps and --confidence override the preset's values.
 
 behaviour:
   inputs are never modified; outputs are written atomically (temporary file + rename) as
