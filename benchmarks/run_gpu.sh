@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator benchmarks whose figures the README quotes, in one go (at most about 10 minutes on
-# one H100; each has a time limit). Each writes NAME.txt (what it printed: machine, settings,
+# The accelerator benchmarks whose figures the README quotes, in one go (about 8 minutes on one H100,
+# 15 at most: each has a time limit). Each writes NAME.txt (what it printed: machine, settings,
 # command, table), the protection benchmarks NAME.json too.
 #
 #   OUT=results bash benchmarks/run_gpu.sh [TRAINED_MAPS.npz]
@@ -34,7 +34,9 @@ run jpeg_robustness 110 "$PY" benchmarks/jpeg_robustness.py --alphas 5,10,20,40 
   --confidences 0,10 --json "$OUT/jpeg_robustness.json"
 run sensitivity_effect 80 "$PY" benchmarks/sensitivity_effect.py --steps 100 --search-steps 5 \
   "${TRAINED[@]}" --json "$OUT/sensitivity_effect.json"
-run throughput_koncept512 150 "$PY" benchmarks/attack_throughput.py --models koncept512 --batch-sizes 8,32 \
-  --steps 20 --repeats 3 --no-loop-baseline
-run throughput_default 90 "$PY" benchmarks/attack_throughput.py --models default --batch-sizes 1,32,256 \
+run throughput_koncept512_b16 200 "$PY" benchmarks/attack_throughput.py --models koncept512 --batch-sizes 16 \
+  --steps 20 --repeats 2 --no-loop-baseline
+run throughput_b32 200 "$PY" benchmarks/attack_throughput.py --models koncept512,default --batch-sizes 32 \
+  --steps 20 --repeats 2 --no-loop-baseline
+run throughput_default 120 "$PY" benchmarks/attack_throughput.py --models default --batch-sizes 1,32 \
   --steps 20 --repeats 3

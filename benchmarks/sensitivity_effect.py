@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     skipped = {}
     if args.trained and args.write_trained_maps:
         trained = load_sensitivity_model(args.trained)
-        out = {n: np.asarray(trained.map(x[i : i + 1] / np.float32(255)))[0] for i, n in enumerate(names)}
+        out = dict(zip(names, trained.map(x, batch_size=1)))
         np.savez_compressed(args.write_trained_maps, **out)
         print(f"wrote the maps of {len(out)} photos to {args.write_trained_maps}")
         return

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from hasmap_jax.images import as_unit_float
-from hasmap_jax.jpeg import diff_jpeg, pillow_jpeg
+from hasmap_jax.jpeg import diff_jpeg, pillow_jpeg_chain
 from hasmap_jax.models.koncept import quality_logits
 from hasmap_jax.views import fit_view
 
@@ -127,22 +127,10 @@ def jpeg_chain_of(robust_jpeg: int | Sequence[int] | None) -> tuple[int, ...]:
     """`attack_batch`'s `robust_jpeg` as a tuple of qualities (empty: off); checks the values."""
     if robust_jpeg is None:
         return ()
-    try:
-        chain = tuple(robust_jpeg) if not isinstance(robust_jpeg, (int, np.integer, str)) else (robust_jpeg,)
-    except TypeError:  # a float, say: refused below
-        chain = (robust_jpeg,)
+    chain = (robust_jpeg,) if np.ndim(robust_jpeg) == 0 else tuple(robust_jpeg)
     if not chain or any(isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100 for q in chain):
         raise ValueError(f"robust_jpeg: a JPEG quality in 1..100 or a sequence of them, got {robust_jpeg!r}")
     return tuple(int(q) for q in chain)
-
-
-def pillow_jpeg_chain(images: np.ndarray, chain: Sequence[int]) -> list[np.ndarray]:
-    """uint8 images after each real (Pillow) JPEG round trip of `chain`, one after the other."""
-    out, cur = [], images
-    for q in chain:
-        cur = pillow_jpeg(cur, q)
-        out.append(cur)
-    return out
 
 
 def hasmap_loss(

@@ -6,8 +6,10 @@ Annex K tables scaled for `quality` exactly as libjpeg's `jpeg_quality_scaling`,
 straight-through gradient), dequantisation, inverse DCT, chroma upsampling with libjpeg's "fancy"
 triangle filter (= bilinear x2 with half-pixel centres), YCbCr -> RGB, clipping and rounding to
 8 bits. Like libjpeg, the YCbCr planes are 8-bit integers on both sides of the DCT: the colour
-conversion's and the inverse DCT's outputs are rounded and clipped to 0..255 (straight-through);
-leaving those roundings out doubled the mismatch to Pillow (measured in tests/test_jpeg.py). After Shin & Song, "JPEG-resistant adversarial images" (2017), which showed that
+conversion's, the chroma downsampling's, the inverse DCT's and the upsampling's outputs are rounded
+(straight-through); without those roundings the mismatch to Pillow is about 1.3-1.6 times larger
+(tests/test_attack.py::test_diff_jpeg_approximates_pillow). After Shin & Song, "JPEG-resistant
+adversarial images" (2017), which showed that
 attacking through such a model makes perturbations survive real JPEG.
 """
 
@@ -114,3 +116,12 @@ def pillow_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
         with Image.open(buf) as decoded:
             out.append(np.asarray(decoded.convert("RGB")))
     return np.stack(out)
+
+
+def pillow_jpeg_chain(images: np.ndarray, chain) -> list[np.ndarray]:
+    """uint8 images after each real (Pillow) JPEG round trip of `chain` (qualities), one after the other."""
+    out, cur = [], images
+    for q in chain:
+        cur = pillow_jpeg(cur, q)
+        out.append(cur)
+    return out

@@ -114,7 +114,8 @@ behaviour:
   with other settings is refused unless --force (which redoes every photo with the new settings).
   The protection is made to survive re-encoding as JPEG at quality 90 (the MediaEval 2020
   protocol's; --robust-jpeg Q|off) and reported after real Pillow encoding; JPEG output is attacked
-  through its own --quality first, then the re-encoding. Metadata: EXIF/XMP/comments are dropped, the ICC colour profile is kept
+  through its own --quality first, then the re-encoding. Metadata: EXIF/XMP/comments are dropped,
+  the ICC colour profile is kept
   (--keep-metadata also copies EXIF with orientation 1 and no thumbnail; --strip-icc drops the profile).
   Greyscale, palette, CMYK and 16-bit photos are converted to 8-bit RGB (noted); transparency is
   kept in PNG output and composited on white in JPEG output; animations use their first frame

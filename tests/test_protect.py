@@ -302,7 +302,7 @@ def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
     assert score(pillow_jpeg(decoded[None], 90)[0]) == pytest.approx(r.record["score_after_jpeg"], abs=1e-3)
     # PNG output: by default attacked through JPEG-90, with --robust-jpeg Q through JPEG-Q, or not.
     protect_paths([src], tmp_path / "out1", settings=settings(), model=model)
-    assert spy[-1][1]["robust_jpeg"] == (90,)
+    assert spy[-1][1]["robust_jpeg"] == (90,) and spy[-1][1]["confidence"] == 10.0  # the preset's margin
     s = protect_paths([src], tmp_path / "out2", settings=settings(robust_jpeg=75), model=model)
     assert spy[-1][1]["robust_jpeg"] == (75,) and "score_after_jpeg" in s.results[0].record
     s = protect_paths([src], tmp_path / "out3", settings=settings(robust_jpeg=None), model=model)
