@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,3 +50,17 @@ class ToyQuality:
 def toy_model(height: int, width: int, seed: int = 0, scale: float = 1e-2) -> ToyQuality:
     w = scale * np.abs(np.random.RandomState(seed).randn(height, width, 3)).astype(np.float32)
     return ToyQuality(jnp.asarray(w))
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compile_log: list[str] = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, _secs, **_kw: _compile_log.append(name) if name == _COMPILE_EVENT else None
+)
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block: `with count_compiles() as n: ...; n()`."""
+    start = len(_compile_log)
+    yield lambda: len(_compile_log) - start
