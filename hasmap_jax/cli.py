@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hasmap_jax import compile_cache
+
 
 def _convert(args: argparse.Namespace) -> int:
     from hasmap_jax.loading import convert
@@ -21,6 +23,7 @@ def _score(args: argparse.Namespace) -> int:
 
     from hasmap_jax.loading import load_quality_model
 
+    compile_cache.from_args(args)
     model = load_quality_model(args.model)
     status = 0
     for name in args.images:
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)"
     )
+    compile_cache.add_argument(s)
     s.set_defaults(func=_score)
 
     from hasmap_jax import protect_cli, sensitivity_cli

@@ -110,6 +110,9 @@ class ProtectSettings:
       strip_icc: drop the ICC colour profile too.
       max_pixels, min_side: refuse larger / skip smaller photos (see `hasmap_jax.imageio`).
       view_size: `attack_batch`'s view_size ("auto", None or (height, width)).
+      precision: the model's compute precision during the optimisation, "fp32" or "bf16"
+        (`attack_batch(compute_dtype=...)`; verdicts are always float32); "auto" (default): bf16 on
+        GPU/TPU, fp32 on CPU, recorded as the one chosen.
       model, sensitivity: identities of the models used (names, paths and digests), for the manifest.
     """
 
@@ -128,6 +131,7 @@ class ProtectSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = MIN_SIDE
     view_size: Any = "auto"
+    precision: str = "auto"
     model: str = "default"
     sensitivity: str = "default"
 
@@ -150,6 +154,13 @@ class ProtectSettings:
             raise UsageError(f"the suffix must not contain a path separator, got {self.suffix!r}")
         if self.max_pixels < 1 or self.min_side < 1:
             raise UsageError("max_pixels and min_side must be positive")
+        if self.precision == "auto":
+            from hasmap_jax.attack import default_compute_dtype
+
+            bf16 = np.dtype(default_compute_dtype()).name == "bfloat16"
+            object.__setattr__(self, "precision", "bf16" if bf16 else "fp32")
+        if self.precision not in ("fp32", "bf16"):
+            raise UsageError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if isinstance(self.view_size, list):
             object.__setattr__(self, "view_size", tuple(self.view_size))
 
@@ -480,7 +491,8 @@ def protect_paths(
       batch_size: photos of one size attacked together.
       force: redo everything with these settings even if the folder holds other results, and
         replace output files this tool did not write.
-      progress: called as progress(done, total, note) after each batch (photos to attack only).
+      progress: called as progress(done, total, note) as photos are attacked (photos to attack only;
+        `done` is fractional inside a batch, which reports its steps in `note`).
       on_result: called with each `FileResult` as soon as it is known.
 
     Returns:
@@ -601,7 +613,13 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (_, size) in pending.items():
         groups.setdefault(size, []).append(i)
-    batches = [(size, idx[k : k + batch_size]) for size, idx in groups.items() for k in range(0, len(idx), batch_size)]
+    # One compiled program per photo size: a size's last, partial batch is padded to the size's
+    # batch (min(batch_size, photos of that size)) instead of compiling a program of its own.
+    batches = [
+        (size, idx[k : k + batch_size], min(batch_size, len(idx)))
+        for size, idx in groups.items()
+        for k in range(0, len(idx), batch_size)
+    ]
     total, done = len(pending), 0
     seen_sizes: set[tuple[int, int]] = set()
     kwargs: dict[str, Any] = dict(
@@ -611,8 +629,8 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
         steps=settings.steps,
         search_steps=settings.search_steps,
         learning_rate=settings.learning_rate,
+        compute_dtype=settings.precision,
     )
-    # Only non-default values are passed, so older attack_batch signatures keep working.
     if settings.view_size != "auto":
         kwargs["view_size"] = settings.view_size
     if settings.jpeg_chain:
@@ -621,7 +639,7 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
         kwargs["confidence"] = settings.confidence
     if progress is not None:
         progress(0, total, "")
-    for size, idx in batches:
+    for b, (size, idx, rows) in enumerate(batches):
         loaded = []
         for i in idx:
             job = jobs[i]
@@ -641,20 +659,31 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
             if progress is not None and s not in seen_sizes:
                 progress(done, total, f"compiling for {s[1]}x{s[0]}")
             seen_sizes.add(s)
-            _attack_and_write(jobs, pending, part, manifest, settings, attack_batch, kwargs, finish)
+            if progress is not None:
+                # Steps inside the batch move the bar by fractions of its photos.
+                def on_step(k, n, base=done, share=len(idx), label=f"batch {b + 1}/{len(batches)}"):
+                    progress(base + share * k / n, total, f"{label}, step {k}/{n}")
+
+                kwargs["progress"] = on_step
+            pad_to = rows if part is parts[0] else 0
+            _attack_and_write(jobs, pending, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
         done += len(idx)
         if progress is not None:
             progress(done, total, "")
 
 
-def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, kwargs, finish) -> None:
-    """Attacks one batch of same-size photos and writes each output (record first, then the file)."""
+def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, kwargs, finish, rows=0) -> None:
+    """Attacks one batch of same-size photos and writes each output (record first, then the file).
+
+    A batch of fewer than `rows` photos is padded with copies of its last photo (results dropped),
+    so that it runs the program already compiled for full batches of that size."""
     rgb = []
     for _, img in loaded:
         x = img.rgb
         if img.alpha is not None and settings.format == "jpeg":
             x = imageio.composite_on_white(x, img.alpha)  # what the JPEG will hold
         rgb.append(x)
+    rgb += rgb[-1:] * (rows - len(rgb))
     try:
         res = attack_batch(np.stack(rgb), settings.alpha, **kwargs)
     except Exception as e:  # out of memory, a size the model cannot take, ...

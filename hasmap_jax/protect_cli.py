@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from hasmap_jax import compile_cache
 from hasmap_jax.imageio import DEFAULT_MAX_PIXELS, MIN_SIDE
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -30,7 +31,8 @@ class ProgressBar:
         self.last_line = 0.0
         self.shown = False
 
-    def __call__(self, done: int, total: int, note: str = "") -> None:
+    def __call__(self, done: float, total: int, note: str = "") -> None:
+        """`done` may be fractional: a batch in progress moves the bar by its steps."""
         if not self.enabled or total <= 0:
             return
         now = time.monotonic()
@@ -38,7 +40,7 @@ class ProgressBar:
             self.first = (now, done)
         frac = done / total
         bar = "#" * round(frac * self.width) + "." * (self.width - round(frac * self.width))
-        text = f"{self.label} [{bar}] {done}/{total} {_clock(now - self.t0)}"
+        text = f"{self.label} [{bar}] {int(done)}/{total} {_clock(now - self.t0)}"
         eta = self._eta(now, done, total)
         if eta is not None and done < total:
             text += f", ETA {_clock(eta)}"
@@ -50,7 +52,8 @@ class ProgressBar:
             if done >= total:
                 self.stream.write("\n")
             self.stream.flush()
-        elif done >= total or note or now - self.last_line > 10:
+        elif done >= total or (note and done == int(done) and not self.first) or now - self.last_line > 10:
+            # Not a terminal (a log): a line at the start, every 10 s and at the end.
             self.stream.write(text + "\n")
             self.stream.flush()
             self.last_line = now
@@ -183,8 +186,16 @@ def add_protect_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--min-side", type=_positive_int, default=MIN_SIDE, help="skip smaller photos (default: %(default)s px)"
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="the model's arithmetic during the attack; verdicts are always fp32 (default auto: bf16 on GPU/TPU, "
+        "fp32 on CPU)",
+    )
     p.add_argument("--force", action="store_true", help="redo everything in OUTDIR with these settings")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-photo notes")
+    compile_cache.add_argument(p)
     p.set_defaults(func=run_protect)
     return p
 
@@ -206,6 +217,7 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
         min_side=args.min_side,
         model=model_id,
         sensitivity=args.sensitivity,
+        precision=args.precision,
     )
     if args.alpha is not None:
         overrides["alpha"] = args.alpha
@@ -226,6 +238,7 @@ def run_protect(args: argparse.Namespace) -> int:
     try:
         # Check the request before loading anything heavy.
         plan(args.inputs, args.output, settings_from_args(args, args.model))
+        compile_cache.from_args(args)
         from hasmap_jax.loading import load_quality_model
         from hasmap_jax.protect import resolve_sensitivity
 
@@ -318,6 +331,7 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
         "--max-preview", type=_positive_int, default=768, help="report: crop larger photos (default: 768 px)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    compile_cache.add_argument(p)
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -332,6 +346,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         if out.resolve() == args.originals.resolve() or any(out.resolve() == p.resolve() for p in args.protected):
             raise ValueError(f"the output folder {out} must not be an input folder")
+        compile_cache.from_args(args)
         from hasmap_jax.loading import load_quality_model
 
         model = load_quality_model(args.model)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Commands run in-process by the tests keep their compiled programs here, not in the user's cache.
+os.environ.setdefault("HASMAP_CACHE_DIR", tempfile.mkdtemp(prefix="hasmap-test-xla-"))
 
 import contextlib
 

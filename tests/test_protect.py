@@ -103,14 +103,61 @@ def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
     before = tree_digest(src)
     s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=2)
     assert s.exit_code == 0 and s.count("ok") == 5
-    # One compiled program per size: every call holds photos of one size, at most batch_size of them.
-    assert sorted(shape for shape, _ in spy) == [(1, H, W, 3), (2, H, W, 3), (2, 48, 64, 3)]
+    # One compiled program per size: every call holds photos of one size, at most batch_size of them,
+    # and the partial last batch of a size is padded to the size's batch rather than compiled anew.
+    assert sorted(shape for shape, _ in spy) == [(2, H, W, 3), (2, H, W, 3), (2, 48, 64, 3)]
     for r in s.results:
         with Image.open(r.input) as a, Image.open(r.output) as b:
             assert a.size == b.size and b.mode == "RGB"
         assert r.protected and r.record["score_before"] > 50 >= r.record["score_after"]
     assert (tmp_path / "out" / "sub" / "b1.png").is_file()
     assert tree_digest(src) == before and not temporaries(tmp_path)
+
+
+def test_progress_reports_steps_inside_each_batch(tmp_path, model):
+    src = tmp_path / "in"
+    for i in range(3):
+        save_photo(src / f"a{i}.png", seed=i)
+    seen = []
+    protect_paths(
+        [src], tmp_path / "out", settings=settings(), model=model, batch_size=2, progress=lambda *a: seen.append(a)
+    )
+    inside = [(d, note) for d, _, note in seen if "step" in note]
+    assert len(inside) >= 2 * STEPS // 5 - 1, seen  # both batches report their steps
+    assert any(0 < d < 2 for d, _ in inside) and any(2 < d < 3 for d, _ in inside)
+    done = [d for d, *_ in seen]
+    assert done == sorted(done) and seen[-1][:2] == (3, 3)
+
+
+def test_second_run_on_new_photos_compiles_nothing(tmp_path):
+    """With the persistent compilation cache (on by default in the command line), a second
+    `hasmap protect` on new photos of a known size starts attacking without compiling."""
+    script = f"""
+import sys, jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_protect import sized_toy
+import hasmap_jax.loading
+from hasmap_jax import protect_cli
+compiles = []  # programs compiled because the persistent cache did not have them
+jax.monitoring.register_event_listener(
+    lambda name, **k: compiles.append(name) if name == "/jax/compilation_cache/cache_misses" else None)
+hasmap_jax.loading.load_quality_model = lambda name="default": sized_toy()
+code = protect_cli.main(["protect", sys.argv[1], "-o", sys.argv[2], "--steps", "{STEPS}", "-q"])
+print("COMPILES", len(compiles), code)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HASMAP_CACHE_DIR": str(tmp_path / "cache")}
+    counts = []
+    for run in range(2):
+        save_photo(tmp_path / f"in{run}" / "p.png", seed=run)
+        p = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"in{run}"), str(tmp_path / f"out{run}")],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        line = [x for x in p.stdout.splitlines() if x.startswith("COMPILES")]
+        assert line and line[0].endswith(" 0"), p.stdout + p.stderr
+        counts.append(int(line[0].split()[1]))
+    assert counts[0] > 0 and counts[1] == 0, counts
+    assert any((tmp_path / "cache").iterdir())
 
 
 def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
