@@ -1,22 +1,25 @@
-"""Attack throughput: image-steps per second, compile time and memory of `attack_batch`'s program.
+"""Attack throughput: image-steps per second, compile time and memory of `attack_batch`'s programs.
 
-For each model and batch size, compiles the whole attack (one `lax.while_loop` over `--steps`
-steps, vmapped over the batch, early stop off so every image runs every step), times it, and
-compares one attack step with the model's own forward + input-gradient (`jax.value_and_grad` of
-the summed scores) on the same batch: the difference is what the attack adds (tanh
+For each model, batch size, loop ("device": one compiled `lax.while_loop` over `--steps` steps;
+"host": one compiled step per iteration driven from Python), model compute dtype (fp32 / bf16) and
+BatchNorm folding, runs the attack with early stop off (every image runs every step) and compares
+one attack step with the same model's own forward + input gradient (`jax.value_and_grad` of the
+summed scores) on the same batch, timed interleaved: the difference is what the attack adds (tanh
 parameterisation, 8-bit rounding, the sensitivity-weighted distortion, Adam, best-iterate
-bookkeeping).
+bookkeeping, and on XLA:CPU the cost of a compiled loop body).
 
 Models: "default" (the shipped small model, `load_quality_model("default")`) and "koncept512"
 (full-size KonCept512, PyTorch layout, random weights). Images: the shipped example photos (cycled)
 at 384x512, the models' input size.
 
-    python benchmarks/attack_throughput.py --models default,koncept512 --batch-sizes 1,2,4 --steps 10
+    python benchmarks/attack_throughput.py --models default --batch-sizes 2 --loops host,device --steps 10
+    python benchmarks/attack_throughput.py --models koncept512 --batch-sizes 16,32 --dtypes fp32,bf16 --fold on,off
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -59,63 +62,62 @@ def photos(n: int, size: tuple[int, int]) -> np.ndarray:
     return np.stack(out)
 
 
-def timed(fn, *args, repeats: int) -> list[float]:
-    jax.block_until_ready(fn(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def bench(model, name: str, batch: int, args) -> dict:
+def bench(model, name: str, batch: int, args, loop: str, dtype: str, fold: bool) -> dict:
     from hasmap_jax import attack as A
+    from hasmap_jax.parallel import data_mesh
     from hasmap_jax.sensitivity import jnd_sensitivity
 
     size = tuple(model.input_size)
-    x = jnp.asarray(photos(batch, size) / 255.0, jnp.float32)
-    maps = jnd_sensitivity(x)
+    x8 = jnp.asarray(photos(batch, size))
+    maps = jnd_sensitivity(x8 / 255.0)
     alpha = jnp.full((batch,), args.alpha, jnp.float32)
-    static = dict(
+    compute_dtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    prepared = A.prepare_model(model, mesh=data_mesh(), fold_batchnorm=fold, compute_dtype=compute_dtype)
+    plan = A._Plan(
         steps=args.steps,
         search_steps=1,
         optimizer=None,
-        early_stop=False,
+        check_every=args.steps + 1,  # early stop off: every image runs every step
         view_size=None,
         jpeg_chain=() if args.robust_jpeg is None else (args.robust_jpeg,),
     )
-    dyn = (model, x, maps, alpha, jnp.float32(50.0), jnp.float32(0.0), jnp.float32(1e-2))
+    dyn = (prepared, x8, maps, alpha, jnp.float32(50.0), jnp.float32(0.0), jnp.float32(1e-2))
 
     t = time.perf_counter()
-    compiled = A._attack.lower(*dyn, **static).compile()
-    compile_s = time.perf_counter() - t
-    mem = compiled.memory_analysis()
-    xla_bytes = None if mem is None else mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-    attack_t = statistics.median(timed(compiled, *dyn, repeats=args.repeats))
+    xla_bytes = None
+    if loop == "device":
+        compiled = A._attack.lower(*dyn, plan=plan).compile()
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            xla_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
 
-    vg = jax.jit(jax.value_and_grad(lambda x: model.apply(x).sum()))
-    vg_t = statistics.median(timed(vg, x, repeats=args.repeats))
+        def run():
+            return compiled(*dyn)
+    else:
+        jax.block_until_ready(A._attack_host(*dyn, plan=dataclasses.replace(plan, steps=1)))  # compiles the step
+
+        def run():
+            return A._attack_host(*dyn, plan=plan)
+
+    compile_s = time.perf_counter() - t
+    vg = jax.jit(jax.value_and_grad(lambda m, x: m.apply(x).sum(), argnums=1))
+    xf = x8.astype(jnp.float32) / 255.0
+    # Interleaved repeats: the attack and the model's own forward + input gradient see the same load.
+    jax.block_until_ready(run())
+    jax.block_until_ready(vg(prepared, xf))
+    attack_ts, vg_ts = [], []
+    for _ in range(args.repeats):
+        attack_ts.append(timed_once(run))
+        vg_ts.append(timed_once(lambda: vg(prepared, xf)))
+    attack_t, vg_t = statistics.median(attack_ts), statistics.median(vg_ts)
     flops = None
     try:  # XLA's count of the forward + input gradient, on the HLO before compilation: after it,
         # GPU convolutions are cuDNN custom calls that the count leaves out (None where none is given)
-        cost = vg.lower(x).cost_analysis()
+        cost = vg.lower(prepared, xf).cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops")) if cost and cost.get("flops") else None
     except Exception:
         pass
-
-    # The same forward + input gradient run `steps` times inside lax.scan: separates what a compiled
-    # loop costs on this backend (large on XLA:CPU) from what the attack's own arithmetic adds.
-    def scanned(x):
-        def body(c, _):
-            return c - 1e-3 * vg(c)[1], None
-
-        return jax.lax.scan(body, x, None, length=args.steps)[0]
-
-    scan_t = float("nan")
-    if not args.no_loop_baseline:
-        scan_t = statistics.median(timed(jax.jit(scanned), x, repeats=args.repeats)) / args.steps
     stats = {}
     try:
         stats = jax.devices()[0].memory_stats() or {}
@@ -125,22 +127,29 @@ def bench(model, name: str, batch: int, args) -> dict:
     return dict(
         model=name,
         batch=batch,
+        loop=loop,
+        dtype=dtype,
+        folded=fold,
         steps=args.steps,
         compile_s=compile_s,
         attack_s=attack_t,
         image_steps_per_s=batch * args.steps / attack_t,
         step_ms_per_image=1e3 * step_t / batch,
         fwd_grad_ms_per_image=1e3 * vg_t / batch,
-        fwd_grad_in_loop_ms_per_image=1e3 * scan_t / batch,
         overhead=step_t / vg_t - 1.0,
         fwd_grad_gflop_per_image=None if flops is None else flops / batch / 1e9,
         attack_tflops=None if flops is None else flops / step_t / 1e12,
-        overhead_vs_loop=step_t / scan_t - 1.0,
         xla_bytes=xla_bytes,
         xla_bytes_per_image=None if xla_bytes is None else xla_bytes / batch,
         device_peak_bytes=stats.get("peak_bytes_in_use"),
         host_peak_rss_bytes=peak_rss_bytes(),
     )
+
+
+def timed_once(fn) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
 
 
 def fmt_mib(b):
@@ -155,9 +164,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     p.add_argument("--alpha", type=float, default=10.0)
     p.add_argument("--robust-jpeg", type=int, default=None, help="also time the JPEG-robust loss at this quality")
-    p.add_argument(
-        "--no-loop-baseline", action="store_true", help="skip timing forward + gradient inside lax.scan (one compile less)"
-    )
+    p.add_argument("--loops", default="auto", help="comma-separated: host, device, auto (this backend's default)")
+    p.add_argument("--dtypes", default="fp32", help="comma-separated model compute dtypes: fp32, bf16")
+    p.add_argument("--fold", default="on", help="comma-separated: on, off (BatchNorm folded into the convolutions)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
@@ -167,35 +176,37 @@ def main(argv=None) -> None:
         f"settings : steps={args.steps} repeats={args.repeats} alpha={args.alpha} robust_jpeg={args.robust_jpeg}"
         f" sensitivity=JND early_stop=off input=model input size; command: {' '.join(sys.argv)}"
     )
+    print("timing   : attack and the same model's forward + input gradient interleaved, medians; the host loop's"
+          " compile s includes one step")
     rows = []
+    from hasmap_jax.attack import default_loop
+
+    loops = [default_loop() if v == "auto" else v for v in args.loops.split(",")]
     for name in args.models.split(","):
         model = load_model(name)
         n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(model.variables))
         print(f"model    : {name}: {n_params:,} parameters, input {tuple(model.input_size)}", flush=True)
         for b in (int(v) for v in args.batch_sizes.split(",")):
-            rows.append(bench(model, name, b, args))
-            print(f"  done {name} batch {b}", file=sys.stderr, flush=True)
-    head = (
-        "model",
-        "batch",
-        "compile s",
-        "img-steps/s",
-        "step ms/img",
-        "fwd+grad ms/img",
-        "overhead",
-        "TFLOP/s",
-        "xla MiB",
-        "MiB/img",
-        "dev peak MiB",
-    )
+            for loop in loops:
+                for dtype in args.dtypes.split(","):
+                    for fold in args.fold.split(","):
+                        rows.append(bench(model, name, b, args, loop, dtype, fold == "on"))
+                        r = rows[-1]
+                        print(f"  done {name} batch {b} {loop} {dtype} fold={fold}: {r['image_steps_per_s']:.3g} "
+                              f"image-steps/s", file=sys.stderr, flush=True)
+    head = ("model", "batch", "loop", "dtype", "BN", "compile s", "img-steps/s", "step ms/img", "fwd+grad ms/img",
+            "overhead", "TFLOP/s", "xla MiB", "MiB/img", "dev peak MiB")
     print()
-    print("  ".join(f"{h:>15}" for h in head))
+    print("  ".join(f"{h:>12}" for h in head))
     for r in rows:
         cells = (
             r["model"],
             r["batch"],
+            r["loop"],
+            r["dtype"],
+            "folded" if r["folded"] else "as is",
             f"{r['compile_s']:.1f}",
-            f"{r['image_steps_per_s']:.2f}",
+            f"{r['image_steps_per_s']:.3g}",
             f"{r['step_ms_per_image']:.1f}",
             f"{r['fwd_grad_ms_per_image']:.1f}",
             f"{100 * r['overhead']:+.1f}%",
@@ -204,12 +215,12 @@ def main(argv=None) -> None:
             fmt_mib(r["xla_bytes_per_image"]),
             fmt_mib(r["device_peak_bytes"]),
         )
-        print("  ".join(f"{c:>15}" for c in cells))
+        print("  ".join(f"{c:>12}" for c in cells))
     print(
         "\noverhead = (attack time per step) / (model forward + input gradient time) - 1, same batch;"
         "\nTFLOP/s = XLA's flop count of the forward + input gradient / attack time per step (the attack's"
         "\n  useful arithmetic rate; KonCept512 at 384x512 is about 116 GFLOP per image-step);"
-        "\nxla MiB = memory_analysis() arguments + outputs + temporaries of the compiled attack."
+        "\nxla MiB = memory_analysis() arguments + outputs + temporaries of the compiled attack (device loop)."
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "rows": rows}, indent=2))
