@@ -37,9 +37,6 @@ from hasmap_jax.views import fit_view
 
 Array = jax.Array
 
-#: The authors' public code: Adam at 5e-3 on w, 100 steps per search step, 5 search steps.
-AUTHORS_DEFAULTS = dict(steps=100, learning_rate=5e-3, search_steps=5, alpha=100.0)
-
 
 @dataclasses.dataclass(frozen=True)
 class AttackResult:
@@ -56,6 +53,11 @@ class AttackResult:
       steps: (N,) optimisation steps run for the image, over all search steps.
       alpha: (N,) the trade-off alpha of the search step that produced the returned image (the
         last one tried where none succeeded).
+      kept: (N,) str, which image came back: "margin" (the least-distorted iterate that succeeded
+        with the `confidence` margin, in every JPEG view), "rated_low" (none reached the margin: the
+        least-distorted iterate rated low, i.e. score <= threshold, in every view), "original"
+        (nothing rated low was found), or "already_low" (the photo met the goal as given: returned
+        unchanged, no step spent).
       score_after_jpeg, success_after_jpeg: (N,) the score and the verdict after real JPEG round
         trips (Pillow) at the `robust_jpeg` qualities, one after the other; None when that was not
         asked for.
@@ -74,6 +76,7 @@ class AttackResult:
     ssim: np.ndarray
     steps: np.ndarray
     alpha: np.ndarray
+    kept: np.ndarray
     score_after_jpeg: np.ndarray | None = None
     success_after_jpeg: np.ndarray | None = None
     scores_jpeg_chain: np.ndarray | None = None
@@ -145,9 +148,10 @@ def hasmap_loss(
     view_size: tuple[int, int] | None = None,
     jpeg_chain: tuple[int, ...] = (),
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-    """The paper's objective for one image at parameters w; also returns (D, L_C, score).
+    """The paper's objective for one image at parameters w; also returns (D, L_C, highest score).
 
-    The model sees the 8-bit rounded image, so the returned D and score are those of what is saved.
+    The model sees the 8-bit rounded image, so the returned D and scores are those of what is saved;
+    the score returned is the highest over the image and its JPEG views (rated low <=> <= threshold).
     With a `jpeg_chain`, L_C is summed over the image and its JPEG round trips (`model_views`), so
     success needs every one rated low (an expectation over these transformations, up to a factor).
     """
@@ -155,15 +159,18 @@ def hasmap_loss(
     dist = weighted_distortion(adv - x, sensitivity)
     scores = model.apply(model_views(adv, view_size, jpeg_chain))
     lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, threshold), confidence))
-    return alpha * dist + lc, (dist, lc, scores[0])
+    return alpha * dist + lc, (dist, lc, jnp.max(scores))
 
 
 class _ImageState(NamedTuple):
     w: Array  # (H, W, 3) current parameters
     opt: Any  # optimiser state
-    best: Array  # (H, W, 3) uint8: best successful image so far, else the original
+    best: Array  # (H, W, 3) uint8: least-distorted success (inside the margin kappa), else the original
     best_dist: Array  # its D, inf while none
     best_alpha: Array  # alpha of the search step that produced `best`
+    low: Array  # (H, W, 3) uint8: least-distorted iterate rated low (maybe not inside the margin)
+    low_dist: Array  # its D, inf while none
+    low_alpha: Array
     found: Array  # this search step has found a success
     done: Array  # early-stopped in this search step
     min_loss: Array  # lowest loss seen in this search step
@@ -178,6 +185,7 @@ class _Search(NamedTuple):
     c_lo: Array
     c_hi: Array
     alpha_now: Array  # alpha of the search step that is running (or ran last)
+    skip: Array  # rated low (inside the margin) as given: returned unchanged, no step spent
     w0: Array | None  # the original in tanh space, kept for restarts when there is more than one search step
 
 
@@ -205,8 +213,10 @@ def _image_step(state, i, x8, sensitivity, alpha, model, threshold, confidence, 
         state.w, x, sensitivity, alpha, model, threshold, confidence, view_size, jpeg_chain
     )
     active = ~state.done
-    # Keep the iterate just evaluated if it succeeds (L_C == 0) with less distortion than the best.
+    # Keep the iterate just evaluated if it succeeds (L_C == 0) with less distortion than the best,
+    # and, as a fallback for when none reaches the margin, the least-distorted one rated low.
     better = active & (lc <= 0.0) & (dist < state.best_dist)
+    lower = active & (score <= threshold) & (dist < state.low_dist)
     adv8 = jnp.round(from_tanh_space(state.w) * 255.0).astype(jnp.uint8)
     updates, opt = optimizer.update(grad, state.opt, state.w)
     w = optax.apply_updates(state.w, updates)
@@ -222,6 +232,9 @@ def _image_step(state, i, x8, sensitivity, alpha, model, threshold, confidence, 
         best=jnp.where(better, adv8, state.best),
         best_dist=jnp.where(better, dist, state.best_dist),
         best_alpha=jnp.where(better, alpha, state.best_alpha),
+        low=jnp.where(lower, adv8, state.low),
+        low_dist=jnp.where(lower, dist, state.low_dist),
+        low_alpha=jnp.where(lower, alpha, state.low_alpha),
         found=state.found | (active & (lc <= 0.0)),
         done=state.done | (active & stalled),
         min_loss=jnp.where(active, min_loss, state.min_loss),
@@ -235,38 +248,48 @@ def _image_step(state, i, x8, sensitivity, alpha, model, threshold, confidence, 
 # are made of exactly these, so they compute the same thing.
 
 
-def _fresh(x8: Array, w0: Array, learning_rate: Array, state: _ImageState | None, alpha: Array, *, plan: _Plan):
+def _fresh(x8, w0, learning_rate, state: _ImageState | None, alpha, skip, *, plan: _Plan) -> _ImageState:
     """The state at the start of a search step: from the original image w0 with a new optimiser (as
-    C&W do), keeping the best iterate and the step count of earlier search steps."""
+    C&W do), keeping the best iterates and the step count of earlier search steps."""
     n = x8.shape[0]
-    zeros = jnp.zeros((n,), jnp.bool_)
+    inf = jnp.full((n,), jnp.inf, jnp.float32)
     return _ImageState(
         w=w0,
         opt=jax.vmap(plan.opt(learning_rate).init)(w0),
         best=x8 if state is None else state.best,
-        best_dist=jnp.full((n,), jnp.inf, jnp.float32) if state is None else state.best_dist,
+        best_dist=inf if state is None else state.best_dist,
         best_alpha=alpha if state is None else state.best_alpha,
-        found=zeros,
-        done=zeros,
+        low=x8 if state is None else state.low,
+        low_dist=inf if state is None else state.low_dist,
+        low_alpha=alpha if state is None else state.low_alpha,
+        found=jnp.zeros((n,), jnp.bool_),
+        done=skip,
         min_loss=jnp.full((n,), jnp.inf, jnp.float32),
         last_check=jnp.full((n,), jnp.inf, jnp.float32),
         steps=jnp.zeros((n,), jnp.int32) if state is None else state.steps,
     )
 
 
-def _begin(x8: Array, alpha: Array, learning_rate: Array, *, plan: _Plan) -> tuple[_ImageState, _Search]:
+def _begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: _Plan):
     c0 = 1.0 / alpha
     # w0 is computed once: the restarts then begin from bit-identical parameters whichever loop
     # runs them (XLA may evaluate arctanh differently inside and outside a loop).
     w0 = to_tanh_space(x8.astype(jnp.float32) / 255.0)
+    # A photo whose loss is already zero (rated low, inside the margin, in every view) needs no
+    # change: it is returned as given and spends no step (its loss could never stall either).
+    lc0 = jax.vmap(
+        lambda w, x, s: hasmap_loss(w, x, s, 1.0, model, threshold, confidence, plan.view_size, plan.jpeg_chain)[1][1]
+    )(w0, x8.astype(jnp.float32) / 255.0, sensitivity)
+    skip = lc0 <= 0.0
     search = _Search(
         c=c0,
         c_lo=jnp.zeros_like(c0),
         c_hi=jnp.full_like(c0, 1e10),
         alpha_now=alpha,
+        skip=skip,
         w0=w0 if plan.search_steps > 1 else None,
     )
-    return _fresh(x8, w0, learning_rate, None, alpha, plan=plan), search
+    return _fresh(x8, w0, learning_rate, None, alpha, skip, plan=plan), search
 
 
 def _next_search(x8, learning_rate, state: _ImageState, search: _Search, *, plan: _Plan) -> tuple[_ImageState, _Search]:
@@ -276,8 +299,8 @@ def _next_search(x8, learning_rate, state: _ImageState, search: _Search, *, plan
     c_lo = jnp.where(ok, search.c_lo, jnp.maximum(search.c_lo, search.c))
     c = jnp.where(c_hi < 1e9, (c_lo + c_hi) / 2.0, search.c * 10.0)
     alpha_now = 1.0 / c
-    state = _fresh(x8, search.w0, learning_rate, state, alpha_now, plan=plan)
-    return state, _Search(c, c_lo, c_hi, alpha_now, search.w0)
+    state = _fresh(x8, search.w0, learning_rate, state, alpha_now, search.skip, plan=plan)
+    return state, _Search(c, c_lo, c_hi, alpha_now, search.skip, search.w0)
 
 
 def _batch_step(model, state, i, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: _Plan):
@@ -293,9 +316,18 @@ def _batch_step(model, state, i, x8, sensitivity, alpha, threshold, confidence, 
     )
 
 
+#: What `attack_batch` returned per image (`AttackResult.kept`), by code.
+KEPT = ("margin", "rated_low", "original", "already_low")
+
+
 def _outcome(state: _ImageState, search: _Search):
-    used_alpha = jnp.where(jnp.isfinite(state.best_dist), state.best_alpha, search.alpha_now)
-    return state.best, state.steps, used_alpha
+    """The image to return: the least-distorted success inside the margin, else the least-distorted
+    iterate rated low, else the original; with the alpha that produced it and which one it is."""
+    margin, low = jnp.isfinite(state.best_dist), jnp.isfinite(state.low_dist)
+    image = jnp.where(margin[:, None, None, None], state.best, state.low)  # low is the original while none
+    used_alpha = jnp.where(margin, state.best_alpha, jnp.where(low, state.low_alpha, search.alpha_now))
+    kept = jnp.where(search.skip, 3, jnp.where(margin, 0, jnp.where(low, 1, 2)))
+    return image, state.steps, used_alpha, kept
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +358,7 @@ def _attack(model, x8, sensitivity, alpha, threshold, confidence, learning_rate,
         )
         return run(k, state, srch.alpha_now), srch
 
-    state, srch = _begin(x8, alpha, learning_rate, plan=plan)
+    state, srch = _begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, plan=plan)
     if plan.search_steps == 1:
         return _outcome(run(0, state, srch.alpha_now), srch)
     return _outcome(*jax.lax.fori_loop(0, plan.search_steps, search, (state, srch)))
@@ -361,10 +393,12 @@ def _attack_host(model, x8, sensitivity, alpha, threshold, confidence, learning_
     # The step does not depend on the number of steps: one compiled step serves every count.
     step_plan = dataclasses.replace(plan, steps=0, search_steps=0, report_every=0)
     begin_plan = dataclasses.replace(plan, steps=0, report_every=0)
-    state, search = _j_begin(x8, alpha, learning_rate, plan=begin_plan)
+    state, search = _j_begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, plan=begin_plan)
     for k in range(plan.search_steps):
         if k:
             state, search = _j_next_search(x8, learning_rate, state, search, plan=begin_plan)
+        if bool(jnp.all(state.done)):  # every photo already rated low as given
+            break
         for i in range(plan.steps):
             state = _j_step(
                 model, state, jnp.int32(i), x8, sensitivity, search.alpha_now, threshold, confidence, learning_rate,
@@ -581,7 +615,9 @@ def attack_batch(
 
     Returns:
       An `AttackResult`. For each image, the successful iterate with the smallest weighted
-      distortion (judged after 8-bit rounding), or the original image if none succeeded.
+      distortion (judged after 8-bit rounding); where none reached the margin, the least-distorted
+      one rated low; else the original (`AttackResult.kept` says which). A photo that already meets
+      the goal as given (rated low, inside the margin, in every JPEG view) comes back unchanged.
     """
     x8 = np.round(as_unit_float(images) * 255.0).astype(np.uint8)
     n = len(x8)
@@ -628,12 +664,12 @@ def attack_batch(
     )
     report = None if progress is None else _Reporter(progress, total)
     if loop == "host":
-        adv, used, used_alpha = _attack_host(attacker, xs, maps, alphas_s, *scalars, plan=plan, progress=report)
+        adv, used, used_alpha, kept = _attack_host(attacker, xs, maps, alphas_s, *scalars, plan=plan, progress=report)
     else:
         if report is not None:
             _progress_sink.append(report)
         try:
-            adv, used, used_alpha = _attack(attacker, xs, maps, alphas_s, *scalars, plan=plan)
+            adv, used, used_alpha, kept = _attack(attacker, xs, maps, alphas_s, *scalars, plan=plan)
             jax.block_until_ready(adv)
             jax.effects_barrier()
         finally:
@@ -644,7 +680,7 @@ def attack_batch(
     metrics = _measure(xs, adv, maps)
     metrics["score_before"] = _view_scores(judge, xs, view_size)
     metrics["score_after"] = _view_scores(judge, adv, view_size)
-    adv8, used, used_alpha, metrics = unshard((adv, used, used_alpha, metrics), n)
+    adv8, used, used_alpha, kept, metrics = unshard((adv, used, used_alpha, kept, metrics), n)
     jpeg = {}
     if jpeg_chain:
         chain_scores = []
@@ -659,6 +695,7 @@ def attack_batch(
         success=metrics["score_after"] <= threshold,
         steps=used,
         alpha=used_alpha,
+        kept=np.asarray(KEPT)[kept],
         **metrics,
         **jpeg,
     )

@@ -744,6 +744,7 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
         "weighted_l2": num(res.weighted_l2),
         "alpha": num(res.alpha),
         "steps": int(np.asarray(res.steps)[k]),
+        "kept": str(res.kept[k]),
     }
     jpeg = getattr(res, "score_after_jpeg", None)
     if settings.robust_jpeg is not None and jpeg is not None:

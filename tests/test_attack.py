@@ -207,11 +207,54 @@ def test_energy_goes_where_the_map_is_low(batch):
     assert ratio > 10, ratio  # uniform map gives about 1; here the right half takes almost all
 
 
-def test_already_low_images_are_returned_unchanged(batch):
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_already_low_images_are_returned_unchanged_without_steps(batch, loop):
     x, model = batch
-    r = A.attack_batch(x, 1.0, model=model, threshold=99.0, steps=10)
-    assert r.success.all()
+    r = A.attack_batch(x, 1.0, model=model, threshold=99.0, steps=10, loop=loop)
+    assert r.success.all() and (r.steps == 0).all() and (r.kept == "already_low").all()
     np.testing.assert_array_equal(r.images, x)
+    # With a margin the same photos are not done yet: they are attacked, and stop early.
+    mixed = A.attack_batch(x, 1.0, model=model, threshold=float(np.sort(r.score_before)[1]), steps=200, loop=loop)
+    assert list(mixed.kept == "already_low") == list(mixed.score_before <= np.sort(r.score_before)[1])
+    assert (mixed.steps[mixed.kept == "already_low"] == 0).all()
+    assert (mixed.steps[mixed.kept != "already_low"] < 200).all()  # the rest stop early
+
+
+def test_near_miss_returns_the_least_distorted_image_rated_low(batch):
+    x, model = batch
+    # The toy model's scores never go below 20: a margin asking for <= 50 - 100 is out of reach.
+    r = A.attack_batch(x, 1.0, model=model, confidence=200.0, steps=60, sensitivity="uniform")
+    assert (r.kept == "rated_low").all() and r.success.all()
+    assert (r.score_after <= 50).all() and (r.images != x).any(axis=(1, 2, 3)).all()
+    # Among iterates rated low, the least distorted: a plain attack (kappa 0) reaching the same
+    # rating keeps its own least-distorted success, which can be no closer than this one by much.
+    plain = A.attack_batch(x, 1.0, model=model, confidence=0.0, steps=60, sensitivity="uniform")
+    assert (plain.kept == "margin").all()
+    unreachable = A.attack_batch(x, 1e6, model=model, confidence=0.0, steps=5, sensitivity="uniform")
+    assert (unreachable.kept == "original").all() and not unreachable.success.any()
+    np.testing.assert_array_equal(unreachable.images, x)
+
+
+def test_best_iterate_is_the_least_distorted_success(batch):
+    """The returned image is the success with the smallest weighted distortion over all steps, not
+    the last one: replay the optimisation step by step and pick it by hand."""
+    x, model = batch
+    steps = 40
+    r = A.attack_batch(x[:1], 0.5, model=model, sensitivity="uniform", steps=steps, early_stop=False)
+    plan = A._Plan(steps=steps, search_steps=1, optimizer=None, check_every=steps + 1, view_size=None, jpeg_chain=())
+    args = (jnp.asarray(x[:1]), jnp.ones((1, H, W)), jnp.array([0.5]), jnp.float32(50), jnp.float32(0), jnp.float32(0.01))
+    state, search = A._begin(model, *args[:2], args[2], *args[3:], plan=plan)
+    candidates = []
+    for i in range(steps):
+        adv8 = np.round(np.asarray(A.from_tanh_space(state.w[0])) * 255).astype(np.uint8)
+        score = float(model.apply(jnp.asarray(adv8[None] / 255.0, jnp.float32))[0])
+        if score <= 50:
+            candidates.append((float(((adv8 / 255.0 - x[0] / 255.0) ** 2).sum()), i, adv8))
+        state = A._batch_step(model, state, jnp.int32(i), *args[:2], args[2], *args[3:], plan=plan)
+    assert len(candidates) > 1  # several successes: the choice matters
+    best = min(candidates, key=lambda c: c[0])
+    assert best[1] != candidates[-1][1] or best[0] < candidates[0][0]
+    np.testing.assert_array_equal(r.images[0], best[2])
 
 
 @pytest.mark.parametrize(
