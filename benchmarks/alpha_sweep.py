@@ -49,7 +49,9 @@ def main(argv=None) -> None:
     p.add_argument("--sensitivity", default="default")
     p.add_argument("--threshold", type=float, default=50.0)
     p.add_argument("--robust-jpeg", type=int, default=None, help="also sweep with the JPEG-robust loss")
-    p.add_argument("--robust-confidences", default="0", help="margins kappa of the JPEG-robust sweeps (comma-separated)")
+    p.add_argument(
+        "--robust-confidences", default="0", help="margins kappa of the JPEG-robust sweeps (comma-separated)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)

@@ -176,8 +176,10 @@ def main(argv=None) -> None:
         f"settings : steps={args.steps} repeats={args.repeats} alpha={args.alpha} robust_jpeg={args.robust_jpeg}"
         f" sensitivity=JND early_stop=off input=model input size; command: {' '.join(sys.argv)}"
     )
-    print("timing   : attack and the same model's forward + input gradient interleaved, medians; the host loop's"
-          " compile s includes one step")
+    print(
+        "timing   : attack and the same model's forward + input gradient interleaved, medians; the host loop's"
+        " compile s includes one step"
+    )
     rows = []
     from hasmap_jax.attack import default_loop
 
@@ -192,10 +194,28 @@ def main(argv=None) -> None:
                     for fold in args.fold.split(","):
                         rows.append(bench(model, name, b, args, loop, dtype, fold == "on"))
                         r = rows[-1]
-                        print(f"  done {name} batch {b} {loop} {dtype} fold={fold}: {r['image_steps_per_s']:.3g} "
-                              f"image-steps/s", file=sys.stderr, flush=True)
-    head = ("model", "batch", "loop", "dtype", "BN", "compile s", "img-steps/s", "step ms/img", "fwd+grad ms/img",
-            "overhead", "TFLOP/s", "xla MiB", "MiB/img", "dev peak MiB")
+                        print(
+                            f"  done {name} batch {b} {loop} {dtype} fold={fold}: {r['image_steps_per_s']:.3g} "
+                            f"image-steps/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    head = (
+        "model",
+        "batch",
+        "loop",
+        "dtype",
+        "BN",
+        "compile s",
+        "img-steps/s",
+        "step ms/img",
+        "fwd+grad ms/img",
+        "overhead",
+        "TFLOP/s",
+        "xla MiB",
+        "MiB/img",
+        "dev peak MiB",
+    )
     print()
     print("  ".join(f"{h:>12}" for h in head))
     for r in rows:

@@ -48,7 +48,9 @@ def compare(name: str, f32: np.ndarray, b16: np.ndarray, threshold: float) -> di
     d = np.abs(f32 - b16)
     flips = int(np.sum((f32 > threshold) != (b16 > threshold)))
     row = dict(set=name, n=len(f32), max_abs=float(d.max()), mean_abs=float(d.mean()), verdicts_differ=flips)
-    print(f"  {name:<26} n={len(f32):>3}  max |fp32-bf16| {d.max():6.3f}  mean {d.mean():6.3f}  verdicts differ {flips}")
+    print(
+        f"  {name:<26} n={len(f32):>3}  max |fp32-bf16| {d.max():6.3f}  mean {d.mean():6.3f}  verdicts differ {flips}"
+    )
     return row
 
 
@@ -110,8 +112,8 @@ def main(argv=None) -> None:
                 after_jpeg=row2,
             )
             print(
-                f"    {dtype}: protected after JPEG-{args.robust_jpeg} (fp32 verdict) {np.mean(r.success_after_jpeg):.0%}, "
-                f"mean PSNR {np.mean(r.psnr):.2f} dB, {secs:.0f} s"
+                f"    {dtype}: protected after JPEG-{args.robust_jpeg} (fp32 verdict) "
+                f"{np.mean(r.success_after_jpeg):.0%}, mean PSNR {np.mean(r.psnr):.2f} dB, {secs:.0f} s"
             )
             rows.append(row)
     if args.json:

@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     skipped = {}
     if args.trained and args.write_trained_maps:
         trained = load_sensitivity_model(args.trained)
-        out = dict(zip(names, trained.map(x, batch_size=1)))
+        out = dict(zip(names, trained.map(x, batch_size=1), strict=True))
         np.savez_compressed(args.write_trained_maps, **out)
         print(f"wrote the maps of {len(out)} photos to {args.write_trained_maps}")
         return

@@ -132,7 +132,9 @@ def jpeg_chain_of(robust_jpeg: int | Sequence[int] | None) -> tuple[int, ...]:
     if robust_jpeg is None:
         return ()
     chain = (robust_jpeg,) if np.ndim(robust_jpeg) == 0 else tuple(robust_jpeg)
-    if not chain or any(isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100 for q in chain):
+    if not chain or any(
+        isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100 for q in chain
+    ):
         raise ValueError(f"robust_jpeg: a JPEG quality in 1..100 or a sequence of them, got {robust_jpeg!r}")
     return tuple(int(q) for q in chain)
 
@@ -205,8 +207,9 @@ class _Plan:
         return self.optimizer if self.optimizer is not None else optax.adam(learning_rate)
 
 
-def _image_step(state, i, x8, sensitivity, alpha, model, threshold, confidence, optimizer, check_every, view_size,
-                jpeg_chain):
+def _image_step(
+    state, i, x8, sensitivity, alpha, model, threshold, confidence, optimizer, check_every, view_size, jpeg_chain
+):
     """One optimisation step for one image (vmapped over the batch by the caller)."""
     x = x8.astype(jnp.float32) / 255.0
     (loss, (dist, lc, score)), grad = jax.value_and_grad(hasmap_loss, has_aux=True)(
@@ -388,8 +391,19 @@ _j_step = jax.jit(_batch_step, static_argnames="plan", donate_argnames="state")
 _j_outcome = jax.jit(_outcome)
 
 
-def _attack_host(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: _Plan,
-                 progress: Callable[[int], None] | None = None, report_every: int = 5):
+def _attack_host(
+    model,
+    x8,
+    sensitivity,
+    alpha,
+    threshold,
+    confidence,
+    learning_rate,
+    *,
+    plan: _Plan,
+    progress: Callable[[int], None] | None = None,
+    report_every: int = 5,
+):
     # The step does not depend on the number of steps: one compiled step serves every count.
     step_plan = dataclasses.replace(plan, steps=0, search_steps=0, report_every=0)
     begin_plan = dataclasses.replace(plan, steps=0, report_every=0)
@@ -401,7 +415,15 @@ def _attack_host(model, x8, sensitivity, alpha, threshold, confidence, learning_
             break
         for i in range(plan.steps):
             state = _j_step(
-                model, state, jnp.int32(i), x8, sensitivity, search.alpha_now, threshold, confidence, learning_rate,
+                model,
+                state,
+                jnp.int32(i),
+                x8,
+                sensitivity,
+                search.alpha_now,
+                threshold,
+                confidence,
+                learning_rate,
                 plan=step_plan,
             )
             checked = (i + 1) % plan.check_every == 0
@@ -534,8 +556,13 @@ class _Reporter:
 
 def _resolve_dtype(compute_dtype):
     if isinstance(compute_dtype, str):
-        names = {"auto": None, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16, "fp32": jnp.float32,
-                 "float32": jnp.float32}
+        names = {
+            "auto": None,
+            "bf16": jnp.bfloat16,
+            "bfloat16": jnp.bfloat16,
+            "fp32": jnp.float32,
+            "float32": jnp.float32,
+        }
         if compute_dtype not in names:
             raise ValueError(f"compute_dtype: expected 'auto', 'bf16', 'fp32' or a dtype, got {compute_dtype!r}")
         return names[compute_dtype] or default_compute_dtype()

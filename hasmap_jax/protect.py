@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -660,16 +661,18 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
                 progress(done, total, f"compiling for {s[1]}x{s[0]}")
             seen_sizes.add(s)
             if progress is not None:
-                # Steps inside the batch move the bar by fractions of its photos.
-                def on_step(k, n, base=done, share=len(idx), label=f"batch {b + 1}/{len(batches)}"):
-                    progress(base + share * k / n, total, f"{label}, step {k}/{n}")
-
-                kwargs["progress"] = on_step
+                label = f"batch {b + 1}/{len(batches)}"
+                kwargs["progress"] = functools.partial(_step_progress, progress, done, len(idx), total, label)
             pad_to = rows if part is parts[0] else 0
             _attack_and_write(jobs, pending, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
         done += len(idx)
         if progress is not None:
             progress(done, total, "")
+
+
+def _step_progress(progress, base: int, share: int, total: int, label: str, k: int, n: int) -> None:
+    """Steps inside a batch move the bar by fractions of the batch's photos."""
+    progress(base + share * k / n, total, f"{label}, step {k}/{n}")
 
 
 def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, kwargs, finish, rows=0) -> None:

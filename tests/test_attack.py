@@ -242,7 +242,14 @@ def test_best_iterate_is_the_least_distorted_success(batch):
     steps = 40
     r = A.attack_batch(x[:1], 0.5, model=model, sensitivity="uniform", steps=steps, early_stop=False)
     plan = A._Plan(steps=steps, search_steps=1, optimizer=None, check_every=steps + 1, view_size=None, jpeg_chain=())
-    args = (jnp.asarray(x[:1]), jnp.ones((1, H, W)), jnp.array([0.5]), jnp.float32(50), jnp.float32(0), jnp.float32(0.01))
+    args = (
+        jnp.asarray(x[:1]),
+        jnp.ones((1, H, W)),
+        jnp.array([0.5]),
+        jnp.float32(50),
+        jnp.float32(0),
+        jnp.float32(0.01),
+    )
     state, search = A._begin(model, *args[:2], args[2], *args[3:], plan=plan)
     candidates = []
     for i in range(steps):

@@ -152,7 +152,10 @@ print("COMPILES", len(compiles), code)
         save_photo(tmp_path / f"in{run}" / "p.png", seed=run)
         p = subprocess.run(
             [sys.executable, "-c", script, str(tmp_path / f"in{run}"), str(tmp_path / f"out{run}")],
-            env=env, capture_output=True, text=True, timeout=600,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         line = [x for x in p.stdout.splitlines() if x.startswith("COMPILES")]
         assert line and line[0].endswith(" 0"), p.stdout + p.stderr
