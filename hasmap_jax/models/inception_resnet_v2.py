@@ -13,6 +13,10 @@ Details that decide whether a port is exact, each covered by a parity test:
 - residual blocks add `scale * up(concat(branches))` (a 1x1 conv with bias, no BN) and apply ReLU,
   except the final block8 (scale 1.0, no ReLU).
 
+`fold_bn=True` builds the inference graph with every BatchNorm folded into its conv (a conv with
+bias, the same parameter paths otherwise); `hasmap_jax.models.folding.fold_batchnorm` computes its
+variables from those of the unfolded network.
+
 `width` scales every channel count and `depths` sets the number of residual blocks, so tiny test
 variants run exactly the same code as the full network.
 """
@@ -35,7 +39,11 @@ def channels(n: int, width: float) -> int:
 
 
 class ConvBN(nn.Module):
-    """Conv2D without bias -> BatchNorm -> optional ReLU (Keras `conv2d_bn`, Cadene `BasicConv2d`)."""
+    """Conv2D without bias -> BatchNorm -> optional ReLU (Keras `conv2d_bn`, Cadene `BasicConv2d`).
+
+    With `fold_bn` the BatchNorm is folded into the conv, which then has a bias: `conv/kernel` and
+    `conv/bias` are the only variables (inference only).
+    """
 
     features: int
     kernel_size: tuple[int, int]
@@ -44,6 +52,7 @@ class ConvBN(nn.Module):
     bn_epsilon: float = 1e-3
     bn_scale: bool = True
     activation: bool = True
+    fold_bn: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -53,18 +62,19 @@ class ConvBN(nn.Module):
             self.kernel_size,
             strides=(self.strides, self.strides),
             padding=self.padding,
-            use_bias=False,
+            use_bias=self.fold_bn,
             dtype=self.dtype,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.99,
-            epsilon=self.bn_epsilon,
-            use_scale=self.bn_scale,
-            dtype=self.dtype,
-            name="bn",
-        )(x)
+        if not self.fold_bn:
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.99,
+                epsilon=self.bn_epsilon,
+                use_scale=self.bn_scale,
+                dtype=self.dtype,
+                name="bn",
+            )(x)
         return nn.relu(x) if self.activation else x
 
 
@@ -121,6 +131,8 @@ class InceptionResNetV2(nn.Module):
       bn_scale: whether BatchNorm has a learned gamma (Keras: no; Cadene / timm: yes).
       pool_count_include_pad: whether mixed_5b's 3x3 average pool counts padding in the mean
         (published: False; exposed only so that tests can show it matters).
+      fold_bn: build the inference graph, every BatchNorm folded into its conv (variables from
+        `hasmap_jax.models.folding.fold_batchnorm`; `train=True` is refused).
       dtype: computation dtype (parameters stay float32).
 
     Call with images preprocessed to the backbone's input range, NHWC, at least 75x75. Returns
@@ -133,6 +145,7 @@ class InceptionResNetV2(nn.Module):
     bn_epsilon: float = 1e-3
     bn_scale: bool = True
     pool_count_include_pad: bool = False
+    fold_bn: bool = False
     dtype: Any = jnp.float32
 
     @property
@@ -141,8 +154,12 @@ class InceptionResNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        if train and self.fold_bn:
+            raise ValueError("a network with folded BatchNorm is inference-only; train the unfolded one")
         c = functools.partial(channels, width=self.width)
-        conv = functools.partial(ConvBN, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale, dtype=self.dtype)
+        conv = functools.partial(
+            ConvBN, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale, fold_bn=self.fold_bn, dtype=self.dtype
+        )
         aux = {}
 
         # Stem. Calls are made in Keras creation order: the Keras converter relies on it.

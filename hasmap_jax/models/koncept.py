@@ -13,6 +13,10 @@ Two weight sets circulate and both load exactly (see `hasmap_jax.conversion`):
 
 Both take RGB in [0, 1] and normalise to [-1, 1] ((x - 0.5) / 0.5 is exactly Keras' x/127.5 - 1 on
 0..255). Both output a quality score on roughly 0..100 (KonIQ-10k MOS scale).
+
+For inference (the attack's target), `fold_bn=True` builds the same network with every BatchNorm
+folded away (see `hasmap_jax.models.folding.fold_batchnorm`) and `dtype=jnp.bfloat16` runs the
+backbone in bfloat16; the head and the scores stay float32 either way.
 """
 
 from __future__ import annotations
@@ -44,9 +48,15 @@ class KonCept512(ConfigMixin, nn.Module):
       head_bn_epsilon: epsilon of the head's BatchNorm (1e-5 for PyTorch BatchNorm1d, 1e-3 for Keras).
       dropout_rates: dropout after each hidden layer (published: 0.25, 0.25, 0.5).
       input_mean, input_std: the input normalisation applied to RGB in [0, 1].
+      fold_bn: the inference graph: every backbone BatchNorm folded into its conv and each head
+        BatchNorm into the Dense that follows it (variables from
+        `hasmap_jax.models.folding.fold_batchnorm`; `train=True` is refused).
+      dtype: computation dtype of the backbone (float32 or bfloat16). Parameters, the pooled
+        features, the head and the scores stay float32.
 
-    Call with images (N, H, W, 3) float in [0, 1]. Returns `(scores, aux)` with scores (N,) and aux
-    holding the backbone map ("features"), the pooled vector ("pooled") and the backbone's stages.
+    Call with images (N, H, W, 3) float in [0, 1]. Returns `(scores, aux)` with scores (N,) float32
+    and aux holding the backbone map ("features", in `dtype`), the pooled vector ("pooled") and the
+    backbone's stages.
     """
 
     width: float = 1.0
@@ -60,29 +70,37 @@ class KonCept512(ConfigMixin, nn.Module):
     dropout_rates: tuple[float, float, float] = (0.25, 0.25, 0.5)
     input_mean: float = 0.5
     input_std: float = 0.5
+    fold_bn: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
-        x = (images.astype(self.dtype) - self.input_mean) / self.input_std
+        if train and self.fold_bn:
+            raise ValueError("a KonCept512 with folded BatchNorm is inference-only; train the unfolded one")
+        # Normalise before the cast: pixels near input_mean then keep bfloat16's relative precision.
+        x = ((images.astype(jnp.float32) - self.input_mean) / self.input_std).astype(self.dtype)
         features, aux = InceptionResNetV2(
             width=self.width,
             depths=self.depths,
             bn_epsilon=self.backbone_bn_epsilon,
             bn_scale=self.bn_scale,
             pool_count_include_pad=self.pool_count_include_pad,
+            fold_bn=self.fold_bn,
             dtype=self.dtype,
             name="base",
         )(x, train)
-        pooled = pool_features(features, self.pooling)
-        y = pooled.astype(jnp.float32)
+        # Pool and run the head in float32: rounding the pooled vector to bfloat16 (8 significant bits)
+        # would cost the head precision for no speed, the head being a negligible share of the work.
+        pooled = pool_features(features.astype(jnp.float32), self.pooling)
+        y = pooled
         for i, (n, rate) in enumerate(zip(self.head_widths, self.dropout_rates, strict=True)):
             y = nn.Dense(channels(n, 1.0), name=f"fc_fc{i}")(y)
             y = nn.relu(y)
-            y = nn.BatchNorm(
-                use_running_average=not train, momentum=0.99, epsilon=self.head_bn_epsilon, name=f"fc_bn{i}"
-            )(y)
-            y = nn.Dropout(rate, deterministic=not train)(y)
+            if not self.fold_bn:  # folded: this BatchNorm lives in the next Dense (dropout is off then)
+                y = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.99, epsilon=self.head_bn_epsilon, name=f"fc_bn{i}"
+                )(y)
+                y = nn.Dropout(rate, deterministic=not train)(y)
         scores = nn.Dense(1, name="fc_out")(y)[:, 0]
         return scores, {"features": features, "pooled": pooled, **aux}
 
