@@ -56,8 +56,3 @@ def replicate(tree: Any, *, mesh: Mesh | None = None) -> Any:
 def unshard(tree: Any, n: int) -> Any:
     """Brings sharded results back to the host as numpy, without the padding rows."""
     return jax.tree.map(lambda a: np.asarray(a)[:n], tree)
-
-
-def process_shard(items: Sequence[Any]) -> list[Any]:
-    """This process's share of a dataset under `jax.distributed` (every process_count-th item)."""
-    return list(items[jax.process_index() :: jax.process_count()])

@@ -5,7 +5,7 @@ into an output folder. What it promises:
 
 - Inputs are only read. An output that would land on an input file is a usage error before any work
   (`UsageError`), and so is an input that does not exist.
-- Every output is written atomically (`hasmap_jax.imageio.write_image`: a temporary file in the same
+- Every output is written atomically (`hasmap_jax.imageio.atomic_output`: a temporary file in the same
   folder, then `os.replace`), so Ctrl-C or a crash never leaves a partial file.
 - Names: `<relative path>/<stem><suffix>.png|.jpg`, the relative path taken inside each input folder
   (a file named directly goes to the top of the output folder). Two inputs that would get the same
@@ -312,13 +312,21 @@ class Manifest:
             except json.JSONDecodeError:
                 self.broken_lines += 1  # a line cut short when a run was killed
                 continue
-            kind = rec.get("type")
+            kind = rec.get("type") if isinstance(rec, dict) else None
             if kind == "settings":
                 if rec.get("version") != MANIFEST_VERSION:
                     raise UsageError(f"{self.path}: manifest version {rec.get('version')} is not supported")
+                if not isinstance(rec.get("settings"), dict):
+                    self.broken_lines += 1
+                    continue
                 self.settings, self.files = rec["settings"], {}
             elif kind == "file":
+                if rec.get("status") == "ok" and not isinstance(rec.get("output"), str):
+                    self.broken_lines += 1  # a record without its output path cannot be resumed from
+                    continue
                 self._note(rec)
+            elif kind is None:
+                self.broken_lines += 1
 
     def _note(self, rec: dict[str, Any]) -> None:
         # Only written outputs count for resuming: a later "failed" line about the same output name

@@ -108,7 +108,8 @@ presets (alpha: smaller = stronger protection, more visible change; all with mar
   low   alpha 40, 100 steps   faintest change, protects the fewest photos
   mid   alpha 20, 100 steps   the default
   high  alpha 10, 200 steps   protects the most photos
---alpha, --steps and --confidence override the preset's values.
+--steps and --confidence override the preset's values; --alpha sets alpha instead of a preset (with the
+default preset's steps and margin) and cannot be given together with --preset.
 
 behaviour:
   inputs are never modified; outputs are written atomically (temporary file + rename) as

@@ -11,9 +11,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_images
 from PIL import Image
-from test_protect import H, W, save_photo, sized_toy
+from test_protect import save_photo, sized_toy
 
 from hasmap_jax import evaluate as E
 from hasmap_jax import protect_cli, report
@@ -200,9 +199,3 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys):
     assert "no protected file" in capsys.readouterr().err
     assert protect_cli.main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(p)]) == 2
-
-
-def test_random_images_helper_is_in_range():
-    # The folders above rely on save_photo's images being ordinary 8-bit photos.
-    x = random_images(1, H, W)
-    assert x.min() >= 0 and x.max() <= 1

@@ -274,6 +274,20 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, model, monkeyp
     assert not temporaries(tmp_path)
 
 
+def test_manifest_lines_with_missing_keys_count_as_broken(tmp_path, model):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    assert protect_paths([src], out, settings=settings(), model=model).count("ok") == 1
+    with open(out / MANIFEST_NAME, "a") as f:
+        f.write('{"type": "file", "status": "ok"}\n{"type": "settings", "version": 1}\n[1, 2]\n{"no": "type"}\n')
+    from hasmap_jax.protect import Manifest
+
+    m = Manifest(out / MANIFEST_NAME)
+    assert m.broken_lines == 4 and len(m.files) == 1
+    again = protect_paths([src], out, settings=settings(), model=model)  # resumes: nothing redone
+    assert again.count("done") == 1 and again.count("ok") == 0
+
+
 def test_other_settings_refused_unless_forced(tmp_path, model):
     src = tmp_path / "in"
     save_photo(src / "p.png")
