@@ -30,9 +30,14 @@ _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def weights_dir() -> Path:
-    """Where shipped models live: $HASMAP_WEIGHTS, else the `weights/` folder of the project."""
+    """Where shipped models live: $HASMAP_WEIGHTS, else the `weights/` folder of this checkout (an
+    editable install), else the copy installed with the package (`hasmap_jax/_weights`, a wheel)."""
     env = os.environ.get("HASMAP_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "weights"
+    return checkout if (here.parent / "pyproject.toml").is_file() and checkout.is_dir() else here / "_weights"
 
 
 def shipped_models() -> list[str]:
