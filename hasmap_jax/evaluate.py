@@ -330,12 +330,21 @@ class Evaluation:
         }
 
 
-def summarize(rows: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """Accuracy (share rated high after JPEG; as saved; originals after JPEG) and mean metrics."""
+def summarize(rows: Sequence[dict[str, Any]], threshold: float, *, missing: int = 0) -> dict[str, Any]:
+    """Accuracy (share rated high after JPEG; as saved; originals after JPEG) and mean metrics.
+
+    An original without a usable protected output (`missing` of them had no protected file at all;
+    rows whose protected file was unreadable or of another size) counts as not protected, i.e.
+    rated high, in both protected accuracies: losing outputs must never improve the figure. Rows
+    whose original could not be read are left out (nothing can be judged) and counted as errors.
+    """
     ok = [r for r in rows if not r["error"]]
+    unusable = missing + sum(1 for r in rows if r["error"] and not r["error"].startswith("original"))
 
     def share(key):
         vals = [r[key] for r in ok if r[key] is not None]
+        if key != "score_original_jpeg":
+            vals += [math.inf] * unusable
         return float(np.mean([v > threshold for v in vals])) if vals else None
 
     def mean(key):
@@ -345,6 +354,7 @@ def summarize(rows: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any
     return {
         "images": len(ok),
         "errors": len(rows) - len(ok),
+        "outputs_missing_or_unusable": unusable,
         "accuracy": share("score_protected_jpeg"),
         "accuracy_without_jpeg": share("score_protected"),
         "accuracy_originals": share("score_original_jpeg"),
@@ -444,7 +454,7 @@ def evaluate(
             if progress is not None:
                 progress(done, total, label)
         run = RunResult(label, Path(p), manifest_settings(p), rows, m)
-        run.summary = summarize(rows, threshold)
+        run.summary = summarize(rows, threshold, missing=len(m.unmatched_originals) + len(m.ambiguous))
         runs.append(run)
     return Evaluation(originals, runs, config)
 

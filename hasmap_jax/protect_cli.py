@@ -379,6 +379,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f} %"
         base = "" if s["accuracy_originals"] is None else f" (originals {100 * s['accuracy_originals']:.1f} %)"
         line = f"{r.name}: {s['images']} photos, accuracy {acc} {after}{base}"
+        if s["outputs_missing_or_unusable"]:
+            line += f", {s['outputs_missing_or_unusable']} without a usable protected output (counted as rated high)"
         for k, fmt in (("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.4f}"), ("lpips", "LPIPS {:.4f}")):
             if s.get(f"mean_{k}") is not None:
                 line += ", " + fmt.format(s[f"mean_{k}"])

@@ -387,6 +387,8 @@ def _runs_table(evaluation) -> str:
         s, st = r.summary, r.settings or {}
         alpha = st.get("alpha")
         errors = f" (+{s['errors']} errors)" if s.get("errors") else ""
+        if s.get("outputs_missing_or_unusable"):
+            errors += f"; {s['outputs_missing_or_unusable']} without a usable output, counted as rated high"
         rows.append(
             "<tr>"
             f"<td>{html.escape(r.name)}</td><td>{_num(alpha, 'g') if alpha is not None else '–'}</td>"

@@ -196,6 +196,12 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys):
     assert "accuracy 66.7 % after JPEG-90 (originals 100.0 %)" in text and (out / "report.html").is_file()
     save_photo(o / "missing.png", seed=11)
     assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q", "--no-report"]) == 1
-    assert "no protected file" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "no protected file" in captured.err
+    # The original without a protected output counts as not protected: 3 of 4 rated high, not 2 of 3.
+    assert "accuracy 75.0 % after JPEG-90" in captured.out
+    assert "1 without a usable protected output (counted as rated high)" in captured.out
+    summary = json.loads((out / "results.json").read_text())["runs"][0]["summary"]
+    assert summary["outputs_missing_or_unusable"] == 1 and summary["accuracy"] == 0.75
     assert protect_cli.main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(p)]) == 2
