@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hasmap_jax import compile_cache
+from hasmap_jax.imageio import DEFAULT_MAX_PIXELS
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -18,23 +19,21 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
+    from hasmap_jax.evaluate import score_images
+    from hasmap_jax.imageio import ImageReadError, read_image
     from hasmap_jax.loading import load_quality_model
 
     compile_cache.from_args(args)
     model = load_quality_model(args.model)
     status = 0
     for name in args.images:
-        try:
-            with Image.open(name) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            print(f"{name}: cannot read the image ({e})", file=sys.stderr)
+        try:  # the reader `protect` and `evaluate` use: upright (EXIF orientation), size guards
+            rgb = read_image(name, max_pixels=args.max_pixels, min_side=1).judged
+        except ImageReadError as e:
+            print(f"{name}: {e}", file=sys.stderr)
             status = 1
             continue
-        s = float(model.score(rgb[None])[0])
+        s = float(score_images(model, rgb[None])[0])
         print(f"{name}\t{s:.3f}\t{'high' if s > args.threshold else 'low'}")
     return status
 
@@ -59,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--threshold", type=float, default=50.0, help="'high' when the score exceeds this (default: %(default)s)"
+    )
+    s.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)"
     )
     compile_cache.add_argument(s)
     s.set_defaults(func=_score)

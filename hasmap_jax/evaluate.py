@@ -364,8 +364,9 @@ def summarize(rows: Sequence[dict[str, Any]], threshold: float, *, missing: int 
 
 
 def _read(path: Path, max_pixels: int) -> np.ndarray:
-    img = imageio.read_image(path, max_pixels=max_pixels, min_side=1)
-    return imageio.composite_on_white(img.rgb, img.alpha) if img.alpha is not None else img.rgb
+    # The pixels `hasmap protect` attacked: the RGB planes as stored, transparency ignored (one rule
+    # for every command, `LoadedImage.judged`).
+    return imageio.read_image(path, max_pixels=max_pixels, min_side=1).judged
 
 
 def evaluate(

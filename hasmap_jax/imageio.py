@@ -105,6 +105,13 @@ class LoadedImage:
         """(height, width)."""
         return self.rgb.shape[:2]
 
+    @property
+    def judged(self) -> np.ndarray:
+        """The pixels a quality model is shown, by every command (`protect`, `evaluate`, `score`):
+        the RGB planes as stored, transparency ignored, as Pillow's `convert("RGB")` gives them to
+        most pipelines. (A JPEG output holds the photo composited on white, and is judged as such.)"""
+        return self.rgb
+
 
 @contextlib.contextmanager
 def _pillow_limits(max_pixels: int):

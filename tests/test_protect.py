@@ -215,6 +215,12 @@ def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
         np.testing.assert_array_equal(np.asarray(out)[..., 3], alpha)
     with Image.open(tmp_path / "out" / "sixteen.png") as out:
         assert out.mode == "RGB"
+    # `evaluate` judges the transparent output on the pixels `protect` attacked and scored.
+    from hasmap_jax.evaluate import evaluate
+
+    ev = evaluate(src, [tmp_path / "out"], model=model, jpeg_quality=None, lpips=False)
+    (row,) = [r for r in ev.runs[0].rows if r["key"] == "rgba"]
+    np.testing.assert_allclose(row["score_protected"], by["rgba.png"].record["score_after"], rtol=1e-5)
     assert tree_digest(src) == before and not temporaries(tmp_path)
     text = s.text()
     assert "1 skipped, 3 failed" in text and "notes.jpg" in text
@@ -438,6 +444,28 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
     assert "rerun the same command" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         protect_cli.main(["protect", str(src), "-o", str(out), "--preset", "high", "--alpha", "3"])
+
+
+def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model, capsys):
+    """`hasmap score` turns a photo upright by its EXIF orientation and applies the size guards."""
+    from hasmap_jax import cli
+
+    upright = (random_images(1, H, W, seed=3)[0] * 255).round().astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "phone.jpg", quality=100, exif=exif)
+    stored = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
+    assert stored.shape[:2] == (W, H)
+    assert cli.main(["score", str(tmp_path / "phone.jpg")]) == 0
+    printed = float(capsys.readouterr().out.split("\t")[1])
+    from hasmap_jax.evaluate import score_images
+    from hasmap_jax.imageio import read_image
+
+    expect = score_images(model, read_image(tmp_path / "phone.jpg").judged[None])[0]
+    np.testing.assert_allclose(printed, expect, atol=1e-3)
+    assert read_image(tmp_path / "phone.jpg").size == (H, W)
+    assert cli.main(["score", str(tmp_path / "phone.jpg"), "--max-pixels", "100"]) == 1
+    assert "--max-pixels" in capsys.readouterr().err
 
 
 def test_cli_help_lists_behaviours():
