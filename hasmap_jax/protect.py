@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from hasmap_jax import imageio
@@ -512,6 +513,12 @@ def protect_paths(
       ProtectInterrupted: on Ctrl-C, after the running write finished or was removed.
     """
     settings = settings if settings is not None else ProtectSettings()
+    if model is not None:
+        # Record the model that runs, not the name the settings were made with: a rerun with
+        # another model object must not take these outputs for its own.
+        ident = model_identity(settings.model.split(" (")[0], model)
+        if settings.model != ident:
+            settings = dataclasses.replace(settings, model=ident)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     outdir = Path(outdir)
@@ -697,7 +704,9 @@ def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, k
     rgb += rgb[-1:] * (rows - len(rgb))
     try:
         res = attack_batch(np.stack(rgb), settings.alpha, **kwargs)
-    except Exception as e:  # out of memory, a size the model cannot take, ...
+    except (ValueError, MemoryError, jax.errors.JaxRuntimeError) as e:
+        # What a photo can cause: a size the model cannot take (ValueError), running out of host
+        # or device memory (RESOURCE_EXHAUSTED). Programming errors surface instead.
         for i, _ in loaded:
             msg = f"{jobs[i].src}: the attack failed ({type(e).__name__}: {e})"
             finish(i, _problem(manifest, jobs[i], msg, kind="attack"))

@@ -294,6 +294,37 @@ def test_manifest_lines_with_missing_keys_count_as_broken(tmp_path, model):
     assert again.count("done") == 1 and again.count("ok") == 0
 
 
+def test_manifest_records_the_model_object_that_ran(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    first, other = sized_toy(seed=0), sized_toy(seed=0)
+    first.card, other.card = {"weights": "first"}, {"weights": "other"}
+    s = protect_paths([src], out, settings=settings(model="default"), model=first)
+    assert s.count("ok") == 1 and s.results[0].record is not None
+    # Same settings naming "default", another model object: not taken as done.
+    with pytest.raises(SettingsMismatch, match="model"):
+        protect_paths([src], out, settings=settings(model="default"), model=other)
+
+
+def test_programming_errors_surface_photo_errors_do_not(tmp_path, model, monkeypatch):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+
+    def broken(*a, **k):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(attack, "attack_batch", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        protect_paths([src], tmp_path / "out", settings=settings(), model=model)
+
+    def too_small(*a, **k):
+        raise ValueError("'window8' pooling needs a backbone map of 8 to 15")
+
+    monkeypatch.setattr(attack, "attack_batch", too_small)
+    s = protect_paths([src], tmp_path / "out2", settings=settings(), model=model)
+    assert s.count("failed") == 1 and "window8" in s.results[0].message
+
+
 def test_other_settings_refused_unless_forced(tmp_path, model):
     src = tmp_path / "in"
     save_photo(src / "p.png")
