@@ -369,3 +369,58 @@ def test_robust_jpeg_chain(batch):
     for bad in (0, 101, (), (90, 0), "90", True, 90.0):
         with pytest.raises(ValueError, match="robust_jpeg"):
             A.attack_batch(x, 1.0, model=model, steps=1, robust_jpeg=bad)
+
+
+@pytest.mark.parametrize("quality", [1, 10, 25, 50, 75, 90, 95, 100])
+def test_jpeg_tables_equal_pillows(quality):
+    """diff_jpeg's quantisation tables are the ones Pillow's libjpeg writes (natural order)."""
+    import io
+
+    from PIL import Image
+
+    from hasmap_jax.jpeg import quantization_tables
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=quality
+    )
+    buf.seek(0)
+    with Image.open(buf) as im:
+        tables = im.quantization
+    luma, chroma = quantization_tables(quality)
+    np.testing.assert_array_equal(np.reshape(tables[0], (8, 8)), luma)
+    np.testing.assert_array_equal(np.reshape(tables[1], (8, 8)), chroma)
+
+
+def test_alpha_search_multiplies_then_bisects(batch):
+    """The search over c = 1 / alpha: x10 while no success has bounded it, then bisection between
+    the largest failing and the smallest successful c."""
+    x, model = batch
+    plan = A._Plan(steps=1, search_steps=3, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
+    args = (model, jnp.asarray(x), jnp.ones((3, H, W)), jnp.array([1.0, 1.0, 1.0]), 50.0, 0.0, 0.01)
+    state, search = A._begin(*args, plan=plan)
+    np.testing.assert_allclose(search.c, 1.0)
+
+    def after(found, search):
+        s = state._replace(found=jnp.asarray(found))
+        return A._next_search(args[1], 0.01, s, search, plan=plan)[1]
+
+    s1 = after([False, True, False], search)  # unbounded failure: x10; success: bisect [0, 1]
+    np.testing.assert_allclose(s1.c, [10.0, 0.5, 10.0])
+    assert float(s1.c_hi[1]) == 1.0 and float(s1.c_lo[0]) == 1.0
+    np.testing.assert_allclose(s1.alpha_now, 1.0 / np.asarray(s1.c))
+    s2 = after([True, False, False], s1)  # success at 10 after failing at 1: bisect [1, 10]
+    np.testing.assert_allclose(s2.c, [5.5, 0.75, 100.0])  # failure at 0.5 within [0, 1]: up to [0.5, 1]
+    s3 = after([False, True, False], s2)
+    np.testing.assert_allclose(s3.c, [7.75, 0.625, 1000.0])
+
+
+def test_search_returns_a_bisected_alpha(batch):
+    """End to end: from a too-large alpha the search first multiplies c, then bisects, and keeps the
+    least-distorted success among its steps."""
+    x, model = batch
+    r = A.attack_batch(x, 1e3, model=model, sensitivity="uniform", steps=40, search_steps=6)
+    assert r.success.all()
+    # Each alpha tried is 1 / c with c from x10 steps (1e-3, 1e-2, ...) or their midpoints: a
+    # bisected one is not a power of ten.
+    assert any(not np.isclose(np.log10(a), np.round(np.log10(a))) for a in r.alpha), r.alpha
