@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hasmap_jax.views import resize_axes
+
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance).
 _LUMA_TABLE = np.array(
     [
@@ -66,11 +68,66 @@ def _blocks_roundtrip(plane: jax.Array, table: np.ndarray) -> jax.Array:
     n, h, w = plane.shape
     b = plane.reshape(n, h // 8, 8, w // 8, 8).transpose(0, 1, 3, 2, 4)
     d = jnp.asarray(_DCT)
-    coef = jnp.einsum("ij,nabjk,lk->nabil", d, b - 128.0, d)
+    # Full float32 products: GPUs would otherwise run these in TF32 (10-bit mantissas), which moves
+    # coefficients across quantisation steps.
+    hi = jax.lax.Precision.HIGHEST
+    coef = jnp.einsum("ij,nabjk,lk->nabil", d, b - 128.0, d, precision=hi)
     coef = _round_ste(coef / table) * table
-    b = jnp.einsum("ji,nabjk,kl->nabil", d, coef, d) + 128.0
+    b = jnp.einsum("ji,nabjk,kl->nabil", d, coef, d, precision=hi) + 128.0
     b = _round_ste(jnp.clip(b, 0.0, 255.0))  # libjpeg's IDCT writes 8-bit samples
     return b.transpose(0, 1, 3, 2, 4).reshape(n, h, w)
+
+
+# ITU-R BT.601 full-range YCbCr, as libjpeg's rgb_ycc_convert (rows: Y, Cb, Cr; columns: R, G, B).
+_RGB_TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+@jax.custom_vjp
+def _rgb_to_ycc(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Y, Cb, Cr planes (N, H, W) of RGB (N, H, W, 3) in 0..255 (before libjpeg's rounding)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    (yr, yg, yb), (br, bg, bb), (rr, rg, rb) = _RGB_TO_YCC
+    y = yr * r + yg * g + yb * b
+    cb = br * r + bg * g + bb * b + 128.0
+    cr = rr * r + rg * g + rb * b + 128.0
+    return y, cb, cr
+
+
+def _rgb_to_ycc_fwd(x):
+    return _rgb_to_ycc(x), None
+
+
+def _rgb_to_ycc_bwd(_, g):
+    # The transposed 3x3 mix, written as one stacked pass: autodiff's transpose of the three channel
+    # slices is three zero-padded full-size copies of the image summed (measured ~0.9 s at 12 MP).
+    gy, gcb, gcr = g
+    m = _RGB_TO_YCC
+    return (jnp.stack([m[0][c] * gy + m[1][c] * gcb + m[2][c] * gcr for c in range(3)], axis=-1),)
+
+
+_rgb_to_ycc.defvjp(_rgb_to_ycc_fwd, _rgb_to_ycc_bwd)
+
+
+@jax.custom_vjp
+def _mean2x2(c: jax.Array) -> jax.Array:
+    """Mean over 2x2 blocks of (N, H, W), H and W even: libjpeg's h2v2 chroma downsampling."""
+    # Sums of strided slices: one elementwise pass (a reduction here is handed to a much slower
+    # fused kernel on XLA:CPU). Equal to reshape-and-mean: the sums are of 8-bit integers, exact.
+    s = (c[:, 0::2, 0::2] + c[:, 0::2, 1::2]) + (c[:, 1::2, 0::2] + c[:, 1::2, 1::2])
+    return s * 0.25
+
+
+def _mean2x2_fwd(c):
+    return _mean2x2(c), None
+
+
+def _mean2x2_bwd(_, g):
+    n, h, w = g.shape
+    up = jnp.broadcast_to((g * 0.25)[:, :, None, :, None], (n, h, 2, w, 2))
+    return (up.reshape(n, 2 * h, 2 * w),)
+
+
+_mean2x2.defvjp(_mean2x2_fwd, _mean2x2_bwd)
 
 
 def diff_jpeg(images: jax.Array, quality: int) -> jax.Array:
@@ -78,26 +135,30 @@ def diff_jpeg(images: jax.Array, quality: int) -> jax.Array:
     qy, qc = quantization_tables(quality)
     n, h, w, _ = images.shape
     ph, pw = -h % 16, -w % 16
-    x = jnp.pad(images * 255.0, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    cb = -0.168736 * r - 0.331264 * g + 0.5 * b + 128.0
-    cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128.0
-    y, cb, cr = (_round_ste(c) for c in (y, cb, cr))  # libjpeg converts to 8-bit YCbCr
+    x = images * 255.0
+    if ph or pw:  # libjpeg replicates the last row and column up to whole 16x16 MCUs
+        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    y, cb, cr = (_round_ste(c) for c in _rgb_to_ycc(x))  # libjpeg converts to 8-bit YCbCr
     H, W = y.shape[1:]
 
     def chroma(c):
-        small = _round_ste(c.reshape(n, H // 2, 2, W // 2, 2).mean(axis=(2, 4)))
+        small = _round_ste(_mean2x2(c))
         small = _blocks_roundtrip(small, qc)
-        # libjpeg's fancy upsampling works in integers too (rounding biases aside).
-        return _round_ste(jax.image.resize(small, (n, H, W), method="linear", antialias=False))
+        # libjpeg's "fancy" upsampling is this triangle filter (and works in integers too, rounding
+        # biases aside). Banded: jax.image.resize's dense weight matrices cost ~170 GFLOP per
+        # 12 MP photo for these two planes; here each output reads its 2 taps per axis. One axis
+        # after the other: both in one pass would be recomputed for each RGB channel of the fused
+        # colour conversion that reads it (measured 1.3x slower for the whole round trip).
+        return _round_ste(resize_axes(resize_axes(small, (1,), (H,)), (2,), (W,)))
 
     y, cb, cr = _blocks_roundtrip(y, qy), chroma(cb), chroma(cr)
     rgb = jnp.stack(
         [y + 1.402 * (cr - 128.0), y - 0.344136 * (cb - 128.0) - 0.714136 * (cr - 128.0), y + 1.772 * (cb - 128.0)],
         axis=-1,
     )
-    rgb = _round_ste(jnp.clip(rgb, 0.0, 255.0))[:, :h, :w]
+    rgb = _round_ste(jnp.clip(rgb, 0.0, 255.0))
+    if ph or pw:
+        rgb = rgb[:, :h, :w]
     return rgb / 255.0
 
 
