@@ -484,7 +484,8 @@ def default_quality_model():
 def sensitivity_maps(sensitivity: Any, x8: Array) -> jax.Array:
     """Per-image maps (N, H, W) in [0, 1] for `attack_batch`'s `sensitivity` argument.
 
-    `x8` is the batch as uint8 (N, H, W, 3), already on its devices; maps come back placed alike.
+    `x8` is the batch (N, H, W, 3) as uint8, or float in [0, 1]; an array already on its devices
+    gives maps placed alike.
     """
     n, h, w = x8.shape[:3]
     if sensitivity is None or (isinstance(sensitivity, str) and sensitivity == "default"):
@@ -508,8 +509,8 @@ def sensitivity_maps(sensitivity: Any, x8: Array) -> jax.Array:
 
 
 @jax.jit
-def _apply_map(model, x8):
-    return model.apply(x8.astype(jnp.float32) / 255.0)
+def _apply_map(model, x):
+    return model.apply(x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x)
 
 
 @jax.jit
