@@ -629,13 +629,13 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (_, size) in pending.items():
         groups.setdefault(size, []).append(i)
-    # One compiled program per photo size: a size's last, partial batch is padded to the size's
-    # batch (min(batch_size, photos of that size)) instead of compiling a program of its own.
-    batches = [
-        (size, idx[k : k + batch_size], min(batch_size, len(idx)))
-        for size, idx in groups.items()
-        for k in range(0, len(idx), batch_size)
-    ]
+    # One compiled program per photo size: a size's photos are split into as few batches as
+    # batch_size allows, made as even as possible (6 photos, batch size 4: 3 + 3), and a last,
+    # smaller batch is padded to the size's batch instead of compiling a program of its own.
+    batches = []
+    for size, idx in groups.items():
+        rows = -(-len(idx) // -(-len(idx) // batch_size))  # ceil(n / ceil(n / batch_size))
+        batches += [(size, idx[k : k + rows], rows) for k in range(0, len(idx), rows)]
     total, done = len(pending), 0
     seen_sizes: set[tuple[int, int]] = set()
     kwargs: dict[str, Any] = dict(

@@ -106,6 +106,12 @@ def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
     # One compiled program per size: every call holds photos of one size, at most batch_size of them,
     # and the partial last batch of a size is padded to the size's batch rather than compiled anew.
     assert sorted(shape for shape, _ in spy) == [(2, H, W, 3), (2, H, W, 3), (2, 48, 64, 3)]
+    spy.clear()
+    for i in range(6):
+        save_photo(tmp_path / "six" / f"a{i}.png", seed=i)
+    protect_paths([tmp_path / "six"], tmp_path / "out6", settings=settings(), model=model, batch_size=4)
+    # Six photos of one size with batch size 4: two even batches of 3, not 4 + 2 padded to 4.
+    assert sorted(shape for shape, _ in spy) == [(3, H, W, 3), (3, H, W, 3)]
     for r in s.results:
         with Image.open(r.input) as a, Image.open(r.output) as b:
             assert a.size == b.size and b.mode == "RGB"
