@@ -260,7 +260,7 @@ def test_best_iterate_is_the_least_distorted_success(batch):
         state = A._batch_step(model, state, jnp.int32(i), *args[:2], args[2], *args[3:], plan=plan)
     assert len(candidates) > 1  # several successes: the choice matters
     best = min(candidates, key=lambda c: c[0])
-    assert best[1] != candidates[-1][1] or best[0] < candidates[0][0]
+    assert best[1] != candidates[-1][1]  # the last success is not the best: keeping the last would be wrong
     np.testing.assert_array_equal(r.images[0], best[2])
 
 
