@@ -57,8 +57,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from hasmap_jax.attack import attack_batch
-    from hasmap_jax.jpeg import pillow_jpeg
-    from hasmap_jax.loading import load_quality_model
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
+    from hasmap_jax.weights.loading import load_quality_model
 
     model = load_quality_model(args.model)
     names, x = load_photos(args.photos, tuple(model.input_size))

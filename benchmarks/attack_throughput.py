@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_model(name: str):
-    from hasmap_jax.loading import QualityModel, load_quality_model
     from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, koncept512
+    from hasmap_jax.weights.loading import QualityModel, load_quality_model
 
     if name == "default":
         return load_quality_model("default")
@@ -64,7 +64,7 @@ def photos(n: int, size: tuple[int, int]) -> np.ndarray:
 
 def bench(model, name: str, batch: int, args, loop: str, dtype: str, fold: bool) -> dict:
     from hasmap_jax import attack as A
-    from hasmap_jax.parallel import data_mesh
+    from hasmap_jax.runtime.parallel import data_mesh
     from hasmap_jax.sensitivity import jnd_sensitivity
 
     size = tuple(model.input_size)

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def degraded(x: np.ndarray) -> dict[str, np.ndarray]:
     from PIL import Image, ImageFilter
 
-    from hasmap_jax.jpeg import pillow_jpeg
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
 
     rng = np.random.RandomState(0)
     blur = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(3))) for i in x])
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
     import jax.numpy as jnp
 
     from hasmap_jax.attack import attack_batch
-    from hasmap_jax.jpeg import pillow_jpeg
-    from hasmap_jax.loading import load_quality_model
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
+    from hasmap_jax.weights.loading import load_quality_model
 
     model = load_quality_model(args.model)
     bf16 = model.inference(fold_bn=True, dtype=jnp.bfloat16)

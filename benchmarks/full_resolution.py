@@ -161,9 +161,9 @@ def bench_parts(x8: np.ndarray, args) -> list[dict]:
     import optax
 
     from hasmap_jax import attack as A
-    from hasmap_jax.jpeg import diff_jpeg
-    from hasmap_jax.loading import load_quality_model
-    from hasmap_jax.views import fit_view
+    from hasmap_jax.transforms.jpeg import diff_jpeg
+    from hasmap_jax.transforms.views import fit_view
+    from hasmap_jax.weights.loading import load_quality_model
 
     model = load_quality_model("default")
     view = tuple(model.input_size)

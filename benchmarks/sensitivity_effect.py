@@ -196,7 +196,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
 
-    from hasmap_jax.loading import load_quality_model, load_sensitivity_model
+    from hasmap_jax.weights.loading import load_quality_model, load_sensitivity_model
 
     model = load_quality_model(args.model)
     names, x = load_photos(args.photos, tuple(model.input_size))

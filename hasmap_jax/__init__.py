@@ -1,8 +1,13 @@
 """hasmap_jax: HASMap (human-aware sensitivity map) adversarial protection against image-quality models."""
 
 from hasmap_jax.attack import AttackResult, attack_batch
-from hasmap_jax.conversion.common import WeightError
-from hasmap_jax.loading import (
+from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2
+from hasmap_jax.models.koncept import KonCept512, koncept512, quality_logits
+from hasmap_jax.models.vgg16 import SensitivityNet, VGG16Features
+from hasmap_jax.sensitivity.jnd import JNDSensitivity, jnd_sensitivity
+from hasmap_jax.transforms.views import fit_view
+from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.weights.loading import (
     QualityModel,
     SensitivityModel,
     convert,
@@ -10,11 +15,6 @@ from hasmap_jax.loading import (
     load_sensitivity_model,
     shipped_models,
 )
-from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2
-from hasmap_jax.models.koncept import KonCept512, koncept512, quality_logits
-from hasmap_jax.models.vgg16 import SensitivityNet, VGG16Features
-from hasmap_jax.sensitivity import JNDSensitivity, jnd_sensitivity
-from hasmap_jax.views import fit_view
 
 __version__ = "0.1.0"
 

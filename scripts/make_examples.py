@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from hasmap_jax.training import photos, quality_data
+from hasmap_jax.training import data as quality_data
+from hasmap_jax.training import photos
 
 ROOT = Path(__file__).resolve().parent.parent
 

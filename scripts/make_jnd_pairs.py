@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE
-from hasmap_jax.training import photos, quality_data
+from hasmap_jax.training import data as quality_data
+from hasmap_jax.training import photos
 
 
 def main(argv: list[str] | None = None) -> int:

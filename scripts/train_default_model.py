@@ -1,8 +1,8 @@
-"""Trains the shipped default quality model into `weights/default` (see hasmap_jax.training.train_quality).
+"""Trains the shipped default quality model into `weights/default` (see hasmap_jax.training.train).
 
     python scripts/train_default_model.py --photo-root DIR [--force]
 
-is the same as `python -m hasmap_jax.training.train_quality ...`; run it from the repository root.
+is the same as `python -m hasmap_jax.training.train ...`; run it from the repository root.
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hasmap_jax.training.train_quality import main  # noqa: E402
+from hasmap_jax.training.train import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,6 +9,7 @@ import pytest
 from conftest import count_compiles, random_images, toy_model
 
 from hasmap_jax import attack as A
+from hasmap_jax.attack import loop as L
 from hasmap_jax.models.koncept import quality_logits
 
 H, W = 24, 32
@@ -87,11 +88,11 @@ def test_vmap_equals_loop_of_single_images(batch):
 
 def test_jit_equals_eager(batch):
     x, model = batch
-    plan = A._Plan(steps=12, search_steps=2, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
+    plan = L.Plan(steps=12, search_steps=2, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
     args = (model, jnp.asarray(x[:2]), jnp.ones((2, H, W)), jnp.array([1.0, 4.0]), 50.0, 0.0, 0.01)
-    compiled = A._attack(*args, plan=plan)
+    compiled = L.run_device(*args, plan=plan)
     with jax.disable_jit():
-        eager = A._attack(*args, plan=plan)
+        eager = L.run_device(*args, plan=plan)
     np.testing.assert_allclose(compiled[0], eager[0], atol=1.5)  # float order may flip a rounding
     assert np.mean(np.asarray(compiled[0]) != np.asarray(eager[0])) < 1e-3
     np.testing.assert_array_equal(compiled[1], eager[1])
@@ -241,7 +242,7 @@ def test_best_iterate_is_the_least_distorted_success(batch):
     x, model = batch
     steps = 40
     r = A.attack_batch(x[:1], 0.5, model=model, sensitivity="uniform", steps=steps, early_stop=False)
-    plan = A._Plan(steps=steps, search_steps=1, optimizer=None, check_every=steps + 1, view_size=None, jpeg_chain=())
+    plan = L.Plan(steps=steps, search_steps=1, optimizer=None, check_every=steps + 1, view_size=None, jpeg_chain=())
     args = (
         jnp.asarray(x[:1]),
         jnp.ones((1, H, W)),
@@ -250,14 +251,14 @@ def test_best_iterate_is_the_least_distorted_success(batch):
         jnp.float32(0),
         jnp.float32(0.01),
     )
-    state, search = A._begin(model, *args[:2], args[2], *args[3:], plan=plan)
+    state, search = L.begin(model, *args[:2], args[2], *args[3:], plan=plan)
     candidates = []
     for i in range(steps):
         adv8 = np.round(np.asarray(A.from_tanh_space(state.w[0])) * 255).astype(np.uint8)
         score = float(model.apply(jnp.asarray(adv8[None] / 255.0, jnp.float32))[0])
         if score <= 50:
             candidates.append((float(((adv8 / 255.0 - x[0] / 255.0) ** 2).sum()), i, adv8))
-        state = A._batch_step(model, state, jnp.int32(i), *args[:2], args[2], *args[3:], plan=plan)
+        state = L.batch_step(model, state, jnp.int32(i), *args[:2], args[2], *args[3:], plan=plan)
     assert len(candidates) > 1  # several successes: the choice matters
     best = min(candidates, key=lambda c: c[0])
     assert best[1] != candidates[-1][1]  # the last success is not the best: keeping the last would be wrong
@@ -286,7 +287,7 @@ def test_bad_arguments(batch, kwargs, match):
 
 
 def test_fit_view_geometry_and_linearity():
-    from hasmap_jax.views import fit_view
+    from hasmap_jax.transforms.views import fit_view
 
     x = jnp.asarray(random_images(2, 48, 80, seed=1))
     v = fit_view(x, (24, 32))  # scale 0.5 -> 24x40, crop 4 columns each side
@@ -304,7 +305,7 @@ def test_perturbation_lives_at_the_photo_resolution(batch):
     big = (random_images(2, 2 * H, 2 * W, seed=4) * 255).round().astype(np.uint8)
     r = A.attack_batch(big, 1.0, model=model, steps=60, view_size=(H, W))
     assert r.images.shape == big.shape and r.success.all()
-    from hasmap_jax.views import fit_view_np
+    from hasmap_jax.transforms.views import fit_view_np
 
     np.testing.assert_allclose(r.score_after, model.apply(fit_view_np(r.images / 255.0, (H, W))), rtol=1e-5)
     assert (r.score_before > 50).all()
@@ -313,7 +314,7 @@ def test_perturbation_lives_at_the_photo_resolution(batch):
 def test_diff_jpeg_approximates_pillow():
     from PIL import Image, ImageFilter
 
-    from hasmap_jax.jpeg import diff_jpeg, pillow_jpeg
+    from hasmap_jax.transforms.jpeg import diff_jpeg, pillow_jpeg
 
     x = (random_images(2, 50, 70, seed=3) * 255).round().astype(np.uint8)
     x = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(1.5))) for i in x])
@@ -337,7 +338,7 @@ def test_robust_jpeg_survives_real_jpeg(batch):
     plain = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=None)
     assert plain.score_after_jpeg is None
     robust = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=90)
-    from hasmap_jax.jpeg import pillow_jpeg
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
 
     after = model.apply(jnp.asarray(pillow_jpeg(plain.images, 90) / 255.0, jnp.float32))
     assert plain.success.all() and (np.asarray(after) > 50).any()  # JPEG undoes the plain attack
@@ -352,7 +353,7 @@ def test_robust_jpeg_chain(batch):
     reports the score after each real round trip, and bad qualities are refused."""
     from conftest import ToyQuality
 
-    from hasmap_jax.jpeg import pillow_jpeg
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
 
     x, _ = batch
     model = ToyQuality(jnp.asarray(3e-3 * np.random.RandomState(4).randn(H, W, 3).astype(np.float32)))
@@ -378,7 +379,7 @@ def test_jpeg_tables_equal_pillows(quality):
 
     from PIL import Image
 
-    from hasmap_jax.jpeg import quantization_tables
+    from hasmap_jax.transforms.jpeg import quantization_tables
 
     buf = io.BytesIO()
     Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8)).save(
@@ -396,14 +397,14 @@ def test_alpha_search_multiplies_then_bisects(batch):
     """The search over c = 1 / alpha: x10 while no success has bounded it, then bisection between
     the largest failing and the smallest successful c."""
     x, model = batch
-    plan = A._Plan(steps=1, search_steps=3, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
+    plan = L.Plan(steps=1, search_steps=3, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
     args = (model, jnp.asarray(x), jnp.ones((3, H, W)), jnp.array([1.0, 1.0, 1.0]), 50.0, 0.0, 0.01)
-    state, search = A._begin(*args, plan=plan)
+    state, search = L.begin(*args, plan=plan)
     np.testing.assert_allclose(search.c, 1.0)
 
     def after(found, search):
         s = state._replace(found=jnp.asarray(found))
-        return A._next_search(args[1], 0.01, s, search, plan=plan)[1]
+        return L.next_search(args[1], 0.01, s, search, plan=plan)[1]
 
     s1 = after([False, True, False], search)  # unbounded failure: x10; success: bisect [0, 1]
     np.testing.assert_allclose(s1.c, [10.0, 0.5, 10.0])

@@ -14,11 +14,12 @@ import pytest
 from conftest import random_images
 from PIL import Image
 
-from hasmap_jax import checkpoint, load_quality_model, shipped_models
+from hasmap_jax import load_quality_model, shipped_models
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512
+from hasmap_jax.training import data as qd
 from hasmap_jax.training import photos
-from hasmap_jax.training import quality_data as qd
-from hasmap_jax.training import train_quality as tq
+from hasmap_jax.training import train as tq
+from hasmap_jax.weights import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.png"))

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 from test_protect import save_photo, sized_toy
 
-from hasmap_jax import evaluate as E
-from hasmap_jax import protect_cli, report
-from hasmap_jax.jpeg import pillow_jpeg
-from hasmap_jax.views import fit_view_np
+from hasmap_jax import evaluation as E
+from hasmap_jax.cli import main as cli_main
+from hasmap_jax.evaluation import report
+from hasmap_jax.transforms.jpeg import pillow_jpeg
+from hasmap_jax.transforms.views import fit_view_np
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +184,19 @@ def test_difference_gain_and_colormap():
 
 @pytest.fixture
 def toy_loader(monkeypatch, model):
-    import hasmap_jax.loading
+    import hasmap_jax.weights.loading
 
-    monkeypatch.setattr(hasmap_jax.loading, "load_quality_model", lambda name="default": model)
+    monkeypatch.setattr(hasmap_jax.weights.loading, "load_quality_model", lambda name="default": model)
 
 
 def test_cli_exit_codes(tmp_path, toy_loader, capsys):
     o, p, _ = _folders(tmp_path)
     out = tmp_path / "ev"
-    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q"]) == 0
+    assert cli_main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q"]) == 0
     text = capsys.readouterr().out
     assert "accuracy 66.7 % after JPEG-90 (originals 100.0 %)" in text and (out / "report.html").is_file()
     save_photo(o / "missing.png", seed=11)
-    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q", "--no-report"]) == 1
+    assert cli_main(["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q", "--no-report"]) == 1
     captured = capsys.readouterr()
     assert "no protected file" in captured.err
     # The original without a protected output counts as not protected: 3 of 4 rated high, not 2 of 3.
@@ -203,5 +204,5 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys):
     assert "1 without a usable protected output (counted as rated high)" in captured.out
     summary = json.loads((out / "results.json").read_text())["runs"][0]["summary"]
     assert summary["outputs_missing_or_unusable"] == 1 and summary["accuracy"] == 0.75
-    assert protect_cli.main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
-    assert protect_cli.main(["evaluate", str(o), str(p), "-o", str(p)]) == 2
+    assert cli_main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert cli_main(["evaluate", str(o), str(p), "-o", str(p)]) == 2

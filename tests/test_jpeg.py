@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import random_images
 
-from hasmap_jax import jpeg as J
+from hasmap_jax.transforms import jpeg as J
 
 
 def reference_diff_jpeg(images, quality):

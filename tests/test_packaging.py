@@ -33,7 +33,7 @@ def test_wheel_protects_a_photo_from_another_folder_with_the_default_model(tmp_p
     # Only the installed copy and the test environment's dependencies are importable: not the checkout.
     env = {k: v for k, v in os.environ.items() if k not in ("HASMAP_WEIGHTS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)
-    probe = "import hasmap_jax, hasmap_jax.loading as L; print(hasmap_jax.__file__); print(L.weights_dir())"
+    probe = "import hasmap_jax, hasmap_jax.weights.loading as L; print(hasmap_jax.__file__); print(L.weights_dir())"
     p = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True, check=True)
     module, weights = p.stdout.split()
     assert Path(module).is_relative_to(site) and Path(weights).is_relative_to(site), p.stdout

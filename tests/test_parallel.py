@@ -41,7 +41,7 @@ SHARDED = """
 import json, jax, numpy as np
 from conftest import random_images, toy_model
 from hasmap_jax.attack import attack_batch
-from hasmap_jax.parallel import data_mesh
+from hasmap_jax.runtime.parallel import data_mesh
 assert jax.local_device_count() == 8
 x = (random_images(5, 24, 32, seed=7) * 255).round().astype(np.uint8)  # 5 images: padded to 8
 model = toy_model(24, 32, seed=1)
@@ -69,7 +69,7 @@ def test_sharded_over_8_devices_equals_single_device():
 WORKER = """
 import json, os, sys, jax, numpy as np
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-from hasmap_jax import distributed
+from hasmap_jax.runtime import distributed
 distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
 assert jax.process_count() == 2 and jax.local_device_count() == 2 and jax.device_count() == 4
 from conftest import random_images, toy_model

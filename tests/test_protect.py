@@ -16,7 +16,9 @@ import pytest
 from conftest import ToyQuality, random_images
 from PIL import Image
 
-from hasmap_jax import attack, imageio, protect_cli
+from hasmap_jax import attack, files
+from hasmap_jax.cli import build_parser
+from hasmap_jax.cli import main as cli_main
 from hasmap_jax.protect import (
     MANIFEST_NAME,
     ProtectInterrupted,
@@ -74,7 +76,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def temporaries(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if imageio.is_temporary(p)]
+    return [p for p in root.rglob("*") if files.is_temporary(p)]
 
 
 @pytest.fixture
@@ -143,13 +145,13 @@ def test_second_run_on_new_photos_compiles_nothing(tmp_path):
 import sys, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_protect import sized_toy
-import hasmap_jax.loading
-from hasmap_jax import protect_cli
+import hasmap_jax.weights.loading
+from hasmap_jax.cli import main as cli_main
 compiles = []  # programs compiled because the persistent cache did not have them
 jax.monitoring.register_event_listener(
     lambda name, **k: compiles.append(name) if name == "/jax/compilation_cache/cache_misses" else None)
-hasmap_jax.loading.load_quality_model = lambda name="default": sized_toy()
-code = protect_cli.main(["protect", sys.argv[1], "-o", sys.argv[2], "--steps", "{STEPS}", "-q"])
+hasmap_jax.weights.loading.load_quality_model = lambda name="default": sized_toy()
+code = cli_main(["protect", sys.argv[1], "-o", sys.argv[2], "--steps", "{STEPS}", "-q"])
 print("COMPILES", len(compiles), code)
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HASMAP_CACHE_DIR": str(tmp_path / "cache")}
@@ -185,7 +187,7 @@ def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
     frames = [Image.fromarray(a), Image.fromarray(255 - a)]
     frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
     save_photo(src / "tiny.png", 16, 40)
-    from test_imageio import png_header_only
+    from test_files import png_header_only
 
     (src / "huge.png").write_bytes(png_header_only(8000, 6000))
     whole = (src / "good.png").read_bytes()
@@ -222,7 +224,7 @@ def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
     with Image.open(tmp_path / "out" / "sixteen.png") as out:
         assert out.mode == "RGB"
     # `evaluate` judges the transparent output on the pixels `protect` attacked and scored.
-    from hasmap_jax.evaluate import evaluate
+    from hasmap_jax.evaluation import evaluate
 
     ev = evaluate(src, [tmp_path / "out"], model=model, jpeg_quality=None, lpips=False)
     (row,) = [r for r in ev.runs[0].rows if r["key"] == "rgba"]
@@ -276,10 +278,10 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, model, monkeyp
             raise KeyboardInterrupt  # Ctrl-C between writing the temporary file and renaming it
         return real_replace(a, b)
 
-    monkeypatch.setattr(imageio.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         protect_paths([src], out, settings=settings(), model=model)
-    monkeypatch.setattr(imageio.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "p0.png"]
     s = protect_paths([src], out, settings=settings(), model=model)
     assert [r.status for r in s.results] == ["done", "ok", "ok"]
@@ -386,8 +388,8 @@ def test_foreign_output_file_kept_and_name_collisions_reported(tmp_path, model):
 
 
 def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
-    from hasmap_jax.jpeg import pillow_jpeg
-    from hasmap_jax.views import fit_view_np
+    from hasmap_jax.transforms.jpeg import pillow_jpeg
+    from hasmap_jax.transforms.views import fit_view_np
 
     def score(rgb):
         x = np.asarray(rgb, np.float32)[None] / 255.0
@@ -450,9 +452,9 @@ def test_metadata_stripped_by_default_kept_on_request(tmp_path, model):
 
 @pytest.fixture
 def toy_loader(monkeypatch, model):
-    import hasmap_jax.loading
+    import hasmap_jax.weights.loading
 
-    monkeypatch.setattr(hasmap_jax.loading, "load_quality_model", lambda name="default": model)
+    monkeypatch.setattr(hasmap_jax.weights.loading, "load_quality_model", lambda name="default": model)
 
 
 def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
@@ -460,16 +462,16 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
     save_photo(src / "p.png")
     out = tmp_path / "out"
     args = ["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]
-    assert protect_cli.main(args) == 0
+    assert cli_main(args) == 0
     assert "1 protected now" in capsys.readouterr().out
-    assert protect_cli.main(args) == 0
+    assert cli_main(args) == 0
     assert "1 already done" in capsys.readouterr().out
-    assert protect_cli.main([*args, "--alpha", "3"]) == 2
+    assert cli_main([*args, "--alpha", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
-    assert protect_cli.main(["protect", str(tmp_path / "missing"), "-o", str(out)]) == 2
-    assert protect_cli.main(["protect", str(src), "-o", str(src)]) == 2
+    assert cli_main(["protect", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert cli_main(["protect", str(src), "-o", str(src)]) == 2
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert protect_cli.main(args) == 1
+    assert cli_main(args) == 1
     assert "broken.png" in capsys.readouterr().err
 
     def interrupted(*a, **k):
@@ -477,10 +479,10 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
 
     monkeypatch.setattr(attack, "attack_batch", interrupted)
     save_photo(src / "new.png", seed=9)
-    assert protect_cli.main(args) == 130
+    assert cli_main(args) == 130
     assert "rerun the same command" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        protect_cli.main(["protect", str(src), "-o", str(out), "--preset", "high", "--alpha", "3"])
+        cli_main(["protect", str(src), "-o", str(out), "--preset", "high", "--alpha", "3"])
 
 
 def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model, capsys):
@@ -495,8 +497,8 @@ def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model,
     assert stored.shape[:2] == (W, H)
     assert cli.main(["score", str(tmp_path / "phone.jpg")]) == 0
     printed = float(capsys.readouterr().out.split("\t")[1])
-    from hasmap_jax.evaluate import score_images
-    from hasmap_jax.imageio import read_image
+    from hasmap_jax.evaluation import score_images
+    from hasmap_jax.files import read_image
 
     expect = score_images(model, read_image(tmp_path / "phone.jpg").judged[None])[0]
     np.testing.assert_allclose(printed, expect, atol=1e-3)
@@ -506,13 +508,13 @@ def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model,
 
 
 def test_cli_help_lists_behaviours():
-    text = protect_cli.build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
+    text = build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
     for words in ("--preset", "--robust-jpeg", "--keep-metadata", "--max-pixels", "exit status", "--force"):
         assert words in text
 
 
 def _examples_and_default_model() -> bool:
-    from hasmap_jax.loading import weights_dir
+    from hasmap_jax.weights.loading import weights_dir
 
     return EXAMPLES.is_dir() and any(EXAMPLES.glob("*.png")) and (weights_dir() / "default").is_dir()
 
@@ -520,10 +522,7 @@ def _examples_and_default_model() -> bool:
 @pytest.mark.skipif(not _examples_and_default_model(), reason="needs examples/ and weights/default")
 def test_protect_then_evaluate_end_to_end_from_the_command_line(tmp_path):
     """The shipped example photos with the shipped default model, through the `hasmap` command."""
-    import hasmap_jax.cli as cli
-
-    wired = "protect" in cli.build_parser()._subparsers._group_actions[0].choices
-    entry = ["-m", "hasmap_jax.cli" if wired else "hasmap_jax.protect_cli"]
+    entry = ["-m", "hasmap_jax.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     before = tree_digest(EXAMPLES)
     out, ev = tmp_path / "protected", tmp_path / "evaluation"

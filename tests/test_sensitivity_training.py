@@ -12,18 +12,19 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from hasmap_jax import checkpoint, load_sensitivity_model
-from hasmap_jax.conversion.common import WeightError
+from hasmap_jax import load_sensitivity_model
+from hasmap_jax.cli.sensitivity import colorize, overlay, register, write_sensitivity_maps
 from hasmap_jax.sensitivity import jnd_sensitivity
-from hasmap_jax.sensitivity_cli import colorize, overlay, register, write_sensitivity_maps
-from hasmap_jax.training import sensitivity_data as sd
-from hasmap_jax.training.train_sensitivity import (
+from hasmap_jax.sensitivity.train import (
     STATE_DIR,
     TrainConfig,
     initial_variables,
     sensitivity_metrics,
     train_sensitivity,
 )
+from hasmap_jax.training import sensitivity_data as sd
+from hasmap_jax.weights import checkpoint
+from hasmap_jax.weights.conversion.common import WeightError
 
 SIZE = 64
 #: A tiny network and a short, fast run; `TINY_ARGS` is the same on the command line.
@@ -179,8 +180,8 @@ def test_output_directory_with_other_files_is_refused(pairs_dir, tmp_path):
 
 @pytest.mark.parametrize("head", ["fcn", "conv3x3"])
 def test_training_starts_from_the_lpips_imagenet_backbone(head):
-    from hasmap_jax.conversion.vgg16 import from_lpips
-    from hasmap_jax.training.train_sensitivity import _programs
+    from hasmap_jax.sensitivity.train import _programs
+    from hasmap_jax.weights.conversion.vgg16 import from_lpips
 
     config = TrainConfig(head=head)  # otherwise the defaults: full VGG16, lpips backbone
     variables = initial_variables(config)

@@ -10,8 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hasmap_jax.conversion import vgg16 as convert
-from hasmap_jax.conversion.common import WeightError, flatten, unflatten
 from hasmap_jax.models.vgg16 import (
     BLOCK_CHANNELS,
     BLOCK_DEPTHS,
@@ -21,6 +19,8 @@ from hasmap_jax.models.vgg16 import (
     VGG16Features,
     normalize,
 )
+from hasmap_jax.weights.conversion import vgg16 as convert
+from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
 
 SIZE = (64, 96)  # not square, not a power of two per side after pooling: (2, 3) at block5_pool
 BLOCK_OUTPUTS = TAP_NAMES + tuple(f"block{b}_pool" for b in range(1, 6))
@@ -438,7 +438,7 @@ def test_lpips_missing_package(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["legacy", "keras2"])
 def test_load_sensitivity_model_authors_h5(images, keras_files, fmt):
-    import hasmap_jax.loading as loading
+    import hasmap_jax.weights.loading as loading
 
     files, ref = keras_files
     model = loading.load_sensitivity_model(files["authors", fmt])
@@ -449,7 +449,7 @@ def test_load_sensitivity_model_authors_h5(images, keras_files, fmt):
 
 
 def test_backbone_only_files_are_not_sensitivity_models(keras_files, torch_files):
-    import hasmap_jax.loading as loading
+    import hasmap_jax.weights.loading as loading
 
     files, _ = keras_files
     d, _ = torch_files
@@ -459,7 +459,7 @@ def test_backbone_only_files_are_not_sensitivity_models(keras_files, torch_files
 
 
 def test_convert_sensitivity_checkpoint_roundtrip(images, keras_files, tmp_path):
-    import hasmap_jax.loading as loading
+    import hasmap_jax.weights.loading as loading
 
     files, _ = keras_files
     direct = loading.load_sensitivity_model(files["authors", "legacy"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import count_compiles, random_images
 
-from hasmap_jax.views import fit_view, fit_view_np, resize_axes, triangle_weights, view_geometry
+from hasmap_jax.transforms.views import fit_view, fit_view_np, resize_axes, triangle_weights, view_geometry
 
 
 def reference_fit_view(images, size):

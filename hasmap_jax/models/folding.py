@@ -27,9 +27,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hasmap_jax.conversion.common import WeightError, flatten, unflatten
 from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2
 from hasmap_jax.models.koncept import KonCept512
+from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
 
 Path = tuple[str, ...]
 

@@ -3,7 +3,7 @@
 Modelled after `keras.applications.InceptionResNetV2` and TF-slim's `inception_resnet_v2`; module
 names follow Cadene's `pretrainedmodels` / timm (`conv2d_1a`, `mixed_5b/branch1_0`, ...) for the
 stem and mixed blocks and Keras (`block35_1` ... `block8_10`) for the residual blocks, so that both
-published KonCept512 checkpoints convert with near-identity tables (see `hasmap_jax.conversion`).
+published KonCept512 checkpoints convert with near-identity tables (see `hasmap_jax.weights.conversion`).
 
 Details that decide whether a port is exact, each covered by a parity test:
 - conv (no bias) -> BatchNorm (epsilon 1e-3; gamma only in the Cadene/timm layout) -> ReLU;

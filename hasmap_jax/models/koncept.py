@@ -1,6 +1,6 @@
 """KonCept512 (Hosu et al. 2020): InceptionResNetV2 + MLP regression head, in both published layouts.
 
-Two weight sets circulate and both load exactly (see `hasmap_jax.conversion`):
+Two weight sets circulate and both load exactly (see `hasmap_jax.weights.conversion`):
 
 - `"koncept512-pytorch"`: the MediaEval 2020 target `KonCept512.pth` (retrained by the task
   organisers). Cadene backbone with BatchNorm gamma; the backbone ends in

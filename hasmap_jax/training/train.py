@@ -3,7 +3,7 @@
 The real KonCept512 weights cannot be shipped, so `weights/default` holds the same architecture
 (InceptionResNetV2 + KonCept head, Keras layout, global pooling) at a quarter of the width and with
 (1, 2, 1) residual blocks, trained here to rate clean photographs about 75 and visibly degraded
-ones below 50 (see `hasmap_jax.training.quality_data` for the degradations and the target mapping).
+ones below 50 (see `hasmap_jax.training.data` for the degradations and the target mapping).
 It is a stand-in that makes `attack_batch` and the command line work out of the box, not a model of
 human opinion: it knows seven synthetic degradations and nothing of composition or content.
 
@@ -14,11 +14,11 @@ Photos (not part of the repository; see `hasmap_jax.training.photos` for the man
 
 Train (about 15 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
-    python -m hasmap_jax.training.train_quality --photo-root /opt/hasmap-photos --force
+    python -m hasmap_jax.training.train --photo-root /opt/hasmap-photos --force
 
 Re-print the held-out evaluation of a checkpoint:
 
-    python -m hasmap_jax.training.train_quality --photo-root /opt/hasmap-photos --evaluate weights/default
+    python -m hasmap_jax.training.train --photo-root /opt/hasmap-photos --evaluate weights/default
 
 The run is seeded: the data of step i come from `numpy.random.default_rng([seed, i])`, the weights
 from `jax.random.key(seed)`, so a rerun with the same packages, seed and JAX version reproduces it.
@@ -47,11 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hasmap_jax import checkpoint
-from hasmap_jax.loading import weights_dir
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, koncept512
+from hasmap_jax.training import data as qd
 from hasmap_jax.training import photos as photo_manifest
-from hasmap_jax.training import quality_data as qd
+from hasmap_jax.weights import checkpoint
+from hasmap_jax.weights.loading import weights_dir
 
 #: Architecture of the shipped default model (on top of the "koncept512-keras" variant).
 DEFAULT_MODEL: dict[str, Any] = dict(
@@ -442,8 +442,8 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
         ),
         "source": {
             "format": "trained",
-            "trainer": "hasmap_jax.training.train_quality",
-            "command": "python -m hasmap_jax.training.train_quality " + shlex.join(args.argv),
+            "trainer": "hasmap_jax.training.train",
+            "command": "python -m hasmap_jax.training.train " + shlex.join(args.argv),
         },
         "notice": (
             "Not KonCept512 and not trained on human opinion scores: a small stand-in trained on "
@@ -531,7 +531,7 @@ def _phases(args: argparse.Namespace) -> tuple[Phase, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(
-        prog="python -m hasmap_jax.training.train_quality", description=__doc__.split("\n\n")[0]
+        prog="python -m hasmap_jax.training.train", description=__doc__.split("\n\n")[0]
     )
     p.add_argument(
         "--photo-root",
@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     heldout = _prepared("heldout", args.photo_root, print)
     if args.evaluate is not None:
-        from hasmap_jax.loading import load_quality_model
+        from hasmap_jax.weights.loading import load_quality_model
 
         model = load_quality_model(args.evaluate)
         report = evaluate(model.module, model.variables, heldout, views=args.eval_views)

@@ -1,7 +1,7 @@
 """`hasmap protect` and `hasmap evaluate`: thin command-line layers over `protect` and `evaluate`.
 
 `register(subparsers)` adds both commands to the `hasmap` parser; `main(argv)` runs them on their own
-(`python -m hasmap_jax.protect_cli protect ...`). Exit codes: 0 everything done, 1 some photos failed
+(`python -m hasmap_jax.cli.protect protect ...`). Exit codes: 0 everything done, 1 some photos failed
 or were skipped (protect) / left unmatched or unreadable (evaluate), 2 a usage error (nothing was
 written), 130 interrupted (Ctrl-C; a rerun of the same command resumes).
 """
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from hasmap_jax import compile_cache
-from hasmap_jax.imageio import DEFAULT_MAX_PIXELS, MIN_SIDE
+from hasmap_jax.files import DEFAULT_MAX_PIXELS, MIN_SIDE
+from hasmap_jax.runtime import compile_cache
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -232,16 +232,16 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
 
 
 def run_protect(args: argparse.Namespace) -> int:
-    from hasmap_jax.conversion.common import WeightError
     from hasmap_jax.protect import ProtectInterrupted, UsageError, model_identity, plan, protect_paths
+    from hasmap_jax.weights.conversion.common import WeightError
 
     err = sys.stderr
     try:
         # Check the request before loading anything heavy.
         plan(args.inputs, args.output, settings_from_args(args, args.model))
         compile_cache.from_args(args)
-        from hasmap_jax.loading import load_quality_model
         from hasmap_jax.protect import resolve_sensitivity
+        from hasmap_jax.weights.loading import load_quality_model
 
         model = load_quality_model(args.model)
         sensitivity = resolve_sensitivity(args.sensitivity)
@@ -338,9 +338,9 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from hasmap_jax.conversion.common import WeightError
-    from hasmap_jax.evaluate import evaluate, write_results
-    from hasmap_jax.report import write_report
+    from hasmap_jax.evaluation import evaluate, write_results
+    from hasmap_jax.evaluation.report import write_report
+    from hasmap_jax.weights.conversion.common import WeightError
 
     err = sys.stderr
     out = args.output
@@ -348,7 +348,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if out.resolve() == args.originals.resolve() or any(out.resolve() == p.resolve() for p in args.protected):
             raise ValueError(f"the output folder {out} must not be an input folder")
         compile_cache.from_args(args)
-        from hasmap_jax.loading import load_quality_model
+        from hasmap_jax.weights.loading import load_quality_model
 
         model = load_quality_model(args.model)
         bar = ProgressBar("evaluate", enabled=not args.quiet)

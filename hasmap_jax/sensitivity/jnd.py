@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hasmap_jax.images import as_unit_float
+from hasmap_jax.arrays import as_unit_float
 
 Array = jax.Array
 

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hasmap_jax.conversion import keras_h5, torch_state
-from hasmap_jax.conversion.common import WeightError, assemble
 from hasmap_jax.models.inception_resnet_v2 import ConvBN
 from hasmap_jax.models.koncept import KonCept512, koncept512
+from hasmap_jax.weights.conversion import keras_h5, torch_state
+from hasmap_jax.weights.conversion.common import WeightError, assemble
 
 # Children of `base` (nn.Sequential of Cadene's InceptionResNetV2 without last_linear) by index.
 _TORCH_BASE = {

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hasmap_jax import checkpoint
-from hasmap_jax.conversion.common import WeightError
-from hasmap_jax.conversion.keras_h5 import HDF5_SIGNATURE
-from hasmap_jax.images import as_unit_float
+from hasmap_jax.arrays import as_unit_float
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, quality_logits
-from hasmap_jax.views import fit_view
+from hasmap_jax.scoring import resolve_view_size, view_scores
+from hasmap_jax.weights import checkpoint
+from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.weights.conversion.keras_h5 import HDF5_SIGNATURE
 
 _ZIP_SIGNATURE = b"PK\x03\x04"
 
@@ -31,13 +31,14 @@ _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def weights_dir() -> Path:
     """Where shipped models live: $HASMAP_WEIGHTS, else the `weights/` folder of this checkout (an
-    editable install), else the copy installed with the package (`hasmap_jax/_weights`, a wheel)."""
+    editable install), else the copy installed with the package (`hasmap_jax/weights/shipped`, a wheel)."""
     env = os.environ.get("HASMAP_WEIGHTS")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    checkout = here.parent / "weights"
-    return checkout if (here.parent / "pyproject.toml").is_file() and checkout.is_dir() else here / "_weights"
+    root = here.parent.parent
+    checkout = root / "weights"
+    return checkout if (root / "pyproject.toml").is_file() and checkout.is_dir() else here / "shipped"
 
 
 def shipped_models() -> list[str]:
@@ -140,9 +141,7 @@ class QualityModel(_LoadedModel):
         One compilation per distinct batch shape.
         """
         x = as_unit_float(images)
-        if isinstance(view_size, str):
-            view_size = None if tuple(self.input_size) == x.shape[1:3] else tuple(self.input_size)
-        fn = functools.partial(_score, view_size=None if view_size is None else tuple(view_size))
+        fn = functools.partial(view_scores, view_size=resolve_view_size(self, x.shape[1:3], view_size))
         return _batched(fn, self, x, batch_size)
 
 
@@ -174,11 +173,6 @@ def _batched(fn, model, x: np.ndarray, batch_size: int | None) -> np.ndarray:
 @jax.jit
 def _map(model: SensitivityModel, x: jax.Array) -> jax.Array:
     return model.apply(x)
-
-
-@functools.partial(jax.jit, static_argnames="view_size")
-def _score(model: QualityModel, x: jax.Array, view_size: tuple[int, int] | None = None) -> jax.Array:
-    return model.apply(x if view_size is None else fit_view(x, view_size))
 
 
 def _resolve(source: str | os.PathLike) -> Path:
@@ -226,7 +220,7 @@ def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
       FileNotFoundError: no such file, directory or shipped model.
       WeightError: the file is not a KonCept512 of a known layout, or its tensors do not match.
     """
-    from hasmap_jax.conversion import koncept
+    from hasmap_jax.weights.conversion import koncept
 
     path = _resolve(source)
     fmt = sniff_format(path)
@@ -246,6 +240,12 @@ def load_quality_model(source: str | os.PathLike = "default") -> QualityModel:
     return QualityModel(module, variables, card)
 
 
+@functools.lru_cache(maxsize=1)
+def default_quality_model() -> QualityModel:
+    """The quality model shipped in `weights/default`, loaded once per process."""
+    return load_quality_model("default")
+
+
 def load_sensitivity_model(source: str | os.PathLike = "default"):
     """A sensitivity map model from a shipped name, a checkpoint directory or the authors' Keras .h5.
 
@@ -257,14 +257,14 @@ def load_sensitivity_model(source: str | os.PathLike = "default"):
 
     A file with VGG16 weights but no trained head (torchvision `vgg16.pth`, Keras `VGG16` h5) is not
     a sensitivity model: it is refused here. Use it to initialise training instead
-    (`hasmap_jax.conversion.vgg16.load_torch` / `load_keras`).
+    (`hasmap_jax.weights.conversion.vgg16.load_torch` / `load_keras`).
 
     Raises:
       FileNotFoundError: no such file, directory or shipped model.
       WeightError: not a sensitivity model, or its tensors do not match.
     """
-    from hasmap_jax.conversion import vgg16 as vgg_conversion
     from hasmap_jax.models.vgg16 import SensitivityNet
+    from hasmap_jax.weights.conversion import vgg16 as vgg_conversion
 
     if isinstance(source, str) and source == "default":
         from hasmap_jax.sensitivity import default_sensitivity
@@ -278,7 +278,7 @@ def load_sensitivity_model(source: str | os.PathLike = "default"):
         expected = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3))))
         return SensitivityModel(module, checkpoint.restore(path, expected), card)
     if fmt == "keras-h5":
-        from hasmap_jax.conversion.keras_h5 import read_layers
+        from hasmap_jax.weights.conversion.keras_h5 import read_layers
 
         if "head_conv" not in vgg_conversion.from_keras_layers(read_layers(path), source=str(path)):
             raise WeightError(_NO_HEAD.format(path=path))
@@ -300,7 +300,7 @@ def load_sensitivity_model(source: str | os.PathLike = "default"):
 _NO_HEAD = (
     "{path}: VGG16 weights without a trained sensitivity head (a 3x3 'head_conv' or FCN score "
     "convs); a map from it would be meaningless. Use a trained sensitivity model, or these weights "
-    "to initialise training (hasmap_jax.conversion.vgg16.load_torch / load_keras)."
+    "to initialise training (hasmap_jax.weights.conversion.vgg16.load_torch / load_keras)."
 )
 
 
@@ -353,11 +353,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 def _detect_kind(path: Path) -> str:
     fmt = sniff_format(path)
     if fmt == "keras-h5":
-        from hasmap_jax.conversion.keras_h5 import read_layers
+        from hasmap_jax.weights.conversion.keras_h5 import read_layers
 
         layers = read_layers(path)
         return "quality" if "conv_7b" in layers or "fc_out" in layers else "sensitivity"
-    from hasmap_jax.conversion.torch_state import read_state_dict
+    from hasmap_jax.weights.conversion.torch_state import read_state_dict
 
     keys = read_state_dict(path).keys()
     return "quality" if any(k.startswith(("base.", "fc.")) for k in keys) else "sensitivity"

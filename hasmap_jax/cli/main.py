@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from hasmap_jax import compile_cache
-from hasmap_jax.imageio import DEFAULT_MAX_PIXELS
+from hasmap_jax.files import DEFAULT_MAX_PIXELS
+from hasmap_jax.runtime import compile_cache
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from hasmap_jax.loading import convert
+    from hasmap_jax.weights.loading import convert
 
     out = convert(args.src, args.dst)
     print(f"wrote {out} (model card: {out / 'model_card.json'})")
@@ -19,9 +19,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from hasmap_jax.evaluate import score_images
-    from hasmap_jax.imageio import ImageReadError, read_image
-    from hasmap_jax.loading import load_quality_model
+    from hasmap_jax.evaluation import score_images
+    from hasmap_jax.files import ImageReadError, read_image
+    from hasmap_jax.weights.loading import load_quality_model
 
     compile_cache.from_args(args)
     model = load_quality_model(args.model)
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cache.add_argument(s)
     s.set_defaults(func=_score)
 
-    from hasmap_jax import protect_cli, sensitivity_cli
+    from hasmap_jax.cli import protect as protect_cli
+    from hasmap_jax.cli import sensitivity as sensitivity_cli
 
     protect_cli.register(sub)
     sensitivity_cli.register(sub)
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hasmap_jax.conversion.common import WeightError
+    from hasmap_jax.weights.conversion.common import WeightError
 
     try:
         return args.func(args)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hasmap_jax import imageio
+from hasmap_jax.files import ImageReadError, atomic_output, composite_on_white, read_image
 
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -196,16 +196,16 @@ def _crop(a: np.ndarray, max_side: int) -> tuple[np.ndarray, bool]:
 
 
 def _save_png(a: np.ndarray, path: Path) -> None:
-    with imageio.atomic_output(path) as f:
+    with atomic_output(path) as f:
         Image.fromarray(a).save(f, format="PNG")
 
 
 def _rgb(path: str) -> np.ndarray | None:
     try:
-        img = imageio.read_image(path, min_side=1, max_pixels=10**9)
-    except imageio.ImageReadError:
+        img = read_image(path, min_side=1, max_pixels=10**9)
+    except ImageReadError:
         return None
-    return imageio.composite_on_white(img.rgb, img.alpha) if img.alpha is not None else img.rgb
+    return composite_on_white(img.rgb, img.alpha) if img.alpha is not None else img.rgb
 
 
 def _num(v: Any, fmt: str = ".2f") -> str:
@@ -226,7 +226,7 @@ def _run_label(run) -> str:
 
 
 def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, title: str = "") -> Path:
-    """Writes `out/report.html` and `out/report_files/` for an `hasmap_jax.evaluate.Evaluation`.
+    """Writes `out/report.html` and `out/report_files/` for an `hasmap_jax.evaluation.Evaluation`.
 
     Args:
       evaluation: what `evaluate` returned.
@@ -359,7 +359,7 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
         + f'\n<p class="note">Written by hasmap evaluate, {datetime.date.today().isoformat()}.</p></body></html>\n'
     )
     path = out / "report.html"
-    with imageio.atomic_output(path, "w") as f:
+    with atomic_output(path, "w") as f:
         f.write(page)
     return path
 

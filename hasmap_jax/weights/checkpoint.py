@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hasmap_jax.conversion.common import WeightError, assemble, flatten
+from hasmap_jax.weights.conversion.common import WeightError, assemble, flatten
 
 CARD_NAME = "model_card.json"
 VARIABLES_DIR = "variables"

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hasmap_jax.views import resize_axes
+from hasmap_jax.transforms.views import resize_axes
 
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance).
 _LUMA_TABLE = np.array(

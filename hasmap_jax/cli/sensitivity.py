@@ -3,8 +3,8 @@
     hasmap train-sensitivity DATA_DIR -o OUT_DIR [--head fcn|conv3x3] [--epochs 30] [--size 384x512] ...
     hasmap sensitivity IMAGE... -o DIR [--model default|PATH]
 
-`train-sensitivity` is `hasmap_jax.training.train_sensitivity.train_sensitivity` (data layouts and
-bad-data rules in `hasmap_jax.training.sensitivity_data`); running it again on an unfinished
+`train-sensitivity` is `hasmap_jax.sensitivity.train.train_sensitivity` (data layouts and
+bad-data rules in `hasmap_jax.sensitivity.data`); running it again on an unfinished
 OUT_DIR resumes it.
 
 `sensitivity` writes, for each photo `NAME.ext`, into DIR:
@@ -74,7 +74,7 @@ def resolve_sensitivity_model(spec: Any = "default"):
     with `map(images)` (returned as is)."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    from hasmap_jax.loading import load_sensitivity_model
+    from hasmap_jax.weights.loading import load_sensitivity_model
 
     return load_sensitivity_model(spec)
 
@@ -125,7 +125,7 @@ def write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    from hasmap_jax.training.sensitivity_data import DataError
+    from hasmap_jax.sensitivity.data import DataError
 
     try:
         with Image.open(path) as im:
@@ -211,7 +211,7 @@ def write_sensitivity_maps(
 @contextlib.contextmanager
 def _data_warnings(prog: str):
     """Shows `DataWarning`s as one plain line each ("hasmap CMD: warning: ..."), every time."""
-    from hasmap_jax.training.sensitivity_data import DataWarning
+    from hasmap_jax.sensitivity.data import DataWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
@@ -237,7 +237,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def train_command(args: argparse.Namespace) -> int:
     """`hasmap train-sensitivity`: trains (or resumes) and prints where the model is."""
-    from hasmap_jax.training.train_sensitivity import TrainConfig, train_sensitivity
+    from hasmap_jax.sensitivity.train import TrainConfig, train_sensitivity
 
     config = TrainConfig(
         head=args.head,
@@ -265,7 +265,7 @@ def sensitivity_command(args: argparse.Namespace) -> int:
 
     A photo that cannot be read is reported and skipped (exit status 1); the others are written.
     """
-    from hasmap_jax.training.sensitivity_data import DataError
+    from hasmap_jax.sensitivity.data import DataError
 
     check_outputs(args.images, args.output)  # before any work: nothing is written if a name is taken
     model = resolve_sensitivity_model(args.model)
@@ -284,7 +284,7 @@ def sensitivity_command(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `train-sensitivity` and `sensitivity` to an argparse subparsers object (`func` set)."""
     from hasmap_jax.models.vgg16 import HEADS
-    from hasmap_jax.training.train_sensitivity import BACKBONES, TrainConfig
+    from hasmap_jax.sensitivity.train import BACKBONES, TrainConfig
 
     d = TrainConfig()
     t = subparsers.add_parser(

@@ -5,7 +5,7 @@ into an output folder. What it promises:
 
 - Inputs are only read. An output that would land on an input file is a usage error before any work
   (`UsageError`), and so is an input that does not exist.
-- Every output is written atomically (`hasmap_jax.imageio.atomic_output`: a temporary file in the same
+- Every output is written atomically (`hasmap_jax.files.atomic_output`: a temporary file in the same
   folder, then `os.replace`), so Ctrl-C or a crash never leaves a partial file.
 - Names: `<relative path>/<stem><suffix>.png|.jpg`, the relative path taken inside each input folder
   (a file named directly goes to the top of the output folder). Two inputs that would get the same
@@ -21,7 +21,7 @@ into an output folder. What it promises:
 - Ctrl-C: the photo being written is either complete or absent, every finished photo is in the
   manifest, and `ProtectInterrupted` (a `KeyboardInterrupt`) carries the summary so far.
 - Bad inputs get a per-file result (status "skipped" or "failed" and a message; see
-  `hasmap_jax.imageio` for the behaviour per kind) and the other photos still complete.
+  `hasmap_jax.files` for the behaviour per kind) and the other photos still complete.
 - Photos of one size are attacked together (each distinct size compiles its own program); the
   perturbation lives at the photo's own resolution, the model sees `attack_batch`'s view.
 - Metadata: by default EXIF, XMP, IPTC and comments are not copied (they can hold GPS position,
@@ -37,11 +37,9 @@ into an output folder. What it promises:
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -51,146 +49,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from hasmap_jax import imageio
-from hasmap_jax.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, MIN_SIDE, ImageReadError
-
-MANIFEST_NAME = "hasmap-manifest.jsonl"
-MANIFEST_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A named protection strength: `attack_batch`'s alpha (smaller = stronger, more visible) and steps."""
-
-    alpha: float
-    steps: int
-    search_steps: int
-    confidence: float
-    description: str
-
-
-#: Named strengths. alpha follows `attack_batch` (the paper's trade-off; Table 1 spans 10 ... 50);
-#: what each gives with the default model is measured in the report, not promised here. The margin
-#: kappa = 10 (protected <=> score <= threshold - 5) keeps the protection clear of the threshold
-#: after re-encoding: with the JPEG-90-robust loss and kappa = 0 one example photo in six came back
-#: over the threshold after real JPEG-90 at alpha 20, with kappa = 10 none did at alpha 1 ... 40,
-#: for about 0.8 dB of PSNR (benchmarks/alpha_sweep.py, README "Figures").
-PRESETS: dict[str, Preset] = {
-    "low": Preset(40.0, 100, 1, 10.0, "faintest change; protects the fewest photos"),
-    "mid": Preset(20.0, 100, 1, 10.0, "the default balance"),
-    "high": Preset(10.0, 200, 1, 10.0, "protects the most photos; the change is more often visible up close"),
-}
-DEFAULT_PRESET = "mid"
-#: The MediaEval 2020 protocol JPEG-compresses every protected image at this quality before scoring.
-PROTOCOL_JPEG_QUALITY = 90
-
-
-class UsageError(ValueError):
-    """The request itself is wrong (missing input, output over an input, bad settings): nothing ran."""
-
-
-class SettingsMismatch(UsageError):
-    """The output folder holds results made with other settings."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtectSettings:
-    """Everything that decides the output bytes; recorded in the manifest and compared on a rerun.
-
-    Attributes:
-      alpha, steps, search_steps, learning_rate, threshold: passed to `attack_batch`.
-      format: "png" or "jpeg" (output files .png / .jpg).
-      quality: JPEG quality of JPEG output.
-      robust_jpeg: JPEG quality the protection must survive after the file is saved (the MediaEval
-        2020 protocol re-encodes at `PROTOCOL_JPEG_QUALITY` = 90), or None (off); "auto"
-        (default): 90. The attack sees the output as it will be re-encoded
-        (`attack_batch(robust_jpeg=...)`): a PNG output once at this quality, a JPEG output at its
-        own `quality` and then at this one. Stored as that chain of qualities (`jpeg_chain`).
-      confidence: the margin kappa of `attack_batch` (success needs score <= threshold - kappa/2).
-      suffix: appended to each output's stem ("" keeps the name).
-      keep_metadata: copy EXIF (orientation 1, no thumbnail) into the outputs.
-      strip_icc: drop the ICC colour profile too.
-      max_pixels, min_side: refuse larger / skip smaller photos (see `hasmap_jax.imageio`).
-      view_size: `attack_batch`'s view_size ("auto", None or (height, width)).
-      precision: the model's compute precision during the optimisation, "fp32" or "bf16"
-        (`attack_batch(compute_dtype=...)`; verdicts are always float32); "auto" (default): bf16 on
-        GPU/TPU, fp32 on CPU, recorded as the one chosen.
-      model, sensitivity: identities of the models used (names, paths and digests), for the manifest.
-    """
-
-    alpha: float = PRESETS[DEFAULT_PRESET].alpha
-    steps: int = PRESETS[DEFAULT_PRESET].steps
-    search_steps: int = PRESETS[DEFAULT_PRESET].search_steps
-    learning_rate: float = 1e-2
-    threshold: float = 50.0
-    format: str = "png"
-    quality: int = 90
-    robust_jpeg: int | str | None = "auto"
-    confidence: float = PRESETS[DEFAULT_PRESET].confidence
-    suffix: str = ""
-    keep_metadata: bool = False
-    strip_icc: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_side: int = MIN_SIDE
-    view_size: Any = "auto"
-    precision: str = "auto"
-    model: str = "default"
-    sensitivity: str = "default"
-
-    def __post_init__(self):
-        if self.format not in FORMATS:
-            raise UsageError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
-        if not 1 <= int(self.quality) <= 100:
-            raise UsageError(f"JPEG quality must be in 1..100, got {self.quality}")
-        if self.robust_jpeg == "auto":
-            object.__setattr__(self, "robust_jpeg", PROTOCOL_JPEG_QUALITY)
-        elif self.robust_jpeg is not None and not 1 <= int(self.robust_jpeg) <= 100:
-            raise UsageError(f"robust JPEG quality must be in 1..100, got {self.robust_jpeg}")
-        if not (np.isfinite(self.confidence) and self.confidence >= 0):
-            raise UsageError(f"confidence must be >= 0, got {self.confidence}")
-        if not (np.isfinite(self.alpha) and self.alpha > 0):
-            raise UsageError(f"alpha must be positive, got {self.alpha}")
-        if self.steps < 1 or self.search_steps < 1:
-            raise UsageError("steps and search steps must be at least 1")
-        if os.sep in self.suffix or "/" in self.suffix:
-            raise UsageError(f"the suffix must not contain a path separator, got {self.suffix!r}")
-        if self.max_pixels < 1 or self.min_side < 1:
-            raise UsageError("max_pixels and min_side must be positive")
-        if self.precision == "auto":
-            from hasmap_jax.attack import default_compute_dtype
-
-            bf16 = np.dtype(default_compute_dtype()).name == "bfloat16"
-            object.__setattr__(self, "precision", "bf16" if bf16 else "fp32")
-        if self.precision not in ("fp32", "bf16"):
-            raise UsageError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
-        if isinstance(self.view_size, list):
-            object.__setattr__(self, "view_size", tuple(self.view_size))
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> ProtectSettings:
-        """Settings of a named preset ("low", "mid", "high"), with any field overridden."""
-        if name not in PRESETS:
-            raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        p = PRESETS[name]
-        preset = {"alpha": p.alpha, "steps": p.steps, "search_steps": p.search_steps, "confidence": p.confidence}
-        return cls(**{**preset, **overrides})
-
-    @property
-    def jpeg_chain(self) -> tuple[int, ...]:
-        """The JPEG round trips the output goes through before it is judged: the saved JPEG (JPEG
-        output only), then the re-encoding at `robust_jpeg` (if on)."""
-        saved = (int(self.quality),) if self.format == "jpeg" else ()
-        return saved + (() if self.robust_jpeg is None else (int(self.robust_jpeg),))
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["view_size"] = list(self.view_size) if isinstance(self.view_size, tuple) else self.view_size
-        d["jpeg_chain"] = list(self.jpeg_chain)
-        return d
-
-    def output_name(self, rel: Path) -> Path:
-        """Relative output path of an input at relative path `rel`."""
-        return rel.parent / f"{rel.stem}{self.suffix}{FORMATS[self.format]}"
+from hasmap_jax.files import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_output,
+    composite_on_white,
+    encode_image,
+    find_images,
+    probe_image,
+    read_image,
+    sha256_file,
+)
+from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, now, recorded_outputs
+from hasmap_jax.protect.settings import ProtectSettings, UsageError
+from hasmap_jax.sensitivity.maps import resolve_sensitivity
 
 
 @dataclasses.dataclass
@@ -271,119 +143,6 @@ class ProtectInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------------------------
-# Manifest
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class Manifest:
-    """`OUTDIR/hasmap-manifest.jsonl`: a settings line, then one line per file result.
-
-    Lines are appended and flushed one at a time, so a crash loses at most the line being written
-    (unreadable lines are ignored and counted in `broken_lines`). A later settings line (after
-    `force`) starts a new section; only the last section's file records count for resuming, but every
-    output recorded as written anywhere in the file counts as this tool's to replace.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.settings: dict[str, Any] | None = None
-        self.files: dict[str, dict[str, Any]] = {}
-        self.owned: set[str] = set()
-        self.broken_lines = 0
-        if path.exists():
-            self._read()
-
-    def _read(self) -> None:
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                self.broken_lines += 1  # a line cut short when a run was killed
-                continue
-            kind = rec.get("type") if isinstance(rec, dict) else None
-            if kind == "settings":
-                if rec.get("version") != MANIFEST_VERSION:
-                    raise UsageError(f"{self.path}: manifest version {rec.get('version')} is not supported")
-                if not isinstance(rec.get("settings"), dict):
-                    self.broken_lines += 1
-                    continue
-                self.settings, self.files = rec["settings"], {}
-            elif kind == "file":
-                if rec.get("status") == "ok" and not isinstance(rec.get("output"), str):
-                    self.broken_lines += 1  # a record without its output path cannot be resumed from
-                    continue
-                self._note(rec)
-            elif kind is None:
-                self.broken_lines += 1
-
-    def _note(self, rec: dict[str, Any]) -> None:
-        # Only written outputs count for resuming: a later "failed" line about the same output name
-        # (a name collision, say) must not hide the photo that did write it.
-        if rec.get("status") == "ok":
-            self.files[rec["output"]] = rec
-            self.owned.add(rec["output"])
-
-    def start(self, settings: dict[str, Any], *, force: bool) -> None:
-        """Checks `settings` against the recorded ones; starts a new section when new or forced."""
-        if self.settings is not None and not force:
-            diff = settings_diff(self.settings, settings)
-            if diff:
-                raise SettingsMismatch(
-                    f"{self.path.parent} holds results made with other settings ({'; '.join(diff)}). "
-                    "Use a new output folder, or --force to redo every photo there with the new settings."
-                )
-            return
-        self.append({"type": "settings", "version": MANIFEST_VERSION, "settings": settings, "time": _now()})
-        self.settings, self.files = settings, {}
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default)
-        with open(self.path, "ab") as f:
-            # After a line cut short by a kill, start a new line rather than extend the broken one.
-            if f.tell() > 0 and not _ends_with_newline(self.path):
-                f.write(b"\n")
-            f.write(line.encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if record.get("type") == "file":
-            self._note(record)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two settings dicts ("alpha: 20.0 -> 10.0")."""
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-# --------------------------------------------------------------------------------------------
 # Planning
 
 
@@ -406,12 +165,12 @@ def plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, setting
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"output {outdir} exists and is not a folder")
-    ours = _recorded_outputs(outdir)
+    ours = recorded_outputs(outdir)
     jobs: list[_Job] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in imageio.find_images(p, exclude=(outdir,)):
+            for f in find_images(p, exclude=(outdir,)):
                 if f.resolve() not in ours:
                     jobs.append(_job(f, f.relative_to(p), outdir, settings))
         elif p.exists():
@@ -437,14 +196,6 @@ def plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, setting
     return jobs
 
 
-def _recorded_outputs(outdir: Path) -> set[Path]:
-    """Resolved paths of the outputs `outdir`'s manifest records as written (empty without one)."""
-    path = outdir / MANIFEST_NAME
-    if not path.is_file():
-        return set()
-    return {(outdir / rel).resolve() for rel in Manifest(path).owned}
-
-
 def _job(src: Path, rel: Path, outdir: Path, settings: ProtectSettings) -> _Job:
     rel_out = settings.output_name(rel)
     return _Job(src, rel_out.as_posix(), outdir / rel_out)
@@ -452,26 +203,6 @@ def _job(src: Path, rel: Path, outdir: Path, settings: ProtectSettings) -> _Job:
 
 # --------------------------------------------------------------------------------------------
 # Running
-
-
-def resolve_sensitivity(spec: str):
-    """`attack_batch`'s sensitivity from a CLI value: "default", "uniform" or a model path/name."""
-    if spec in ("default", "uniform"):
-        return spec
-    from hasmap_jax.loading import load_sensitivity_model
-
-    return load_sensitivity_model(spec)
-
-
-def model_identity(name: str, model: Any) -> str:
-    """A short identity of a model for the manifest: its name or path and a digest of its card."""
-    card = getattr(model, "card", None)
-    if card is None:
-        return f"{name} ({type(model).__name__})"
-    if not isinstance(card, dict):
-        card = dict(card)
-    digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{name} (card {digest})"
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -526,7 +257,7 @@ def protect_paths(
     manifest = Manifest(outdir / MANIFEST_NAME)
     manifest.start(settings.to_json(), force=force)
     if model is None:
-        from hasmap_jax.loading import load_quality_model
+        from hasmap_jax.weights.loading import load_quality_model
 
         model = load_quality_model(settings.model)
     if sensitivity is None:
@@ -547,11 +278,11 @@ def protect_paths(
     except KeyboardInterrupt:
         summary.results = [results[i] for i in sorted(results)]
         summary.interrupted, summary.seconds = True, time.monotonic() - t0
-        manifest.append({"type": "run", "finished": False, "time": _now(), **_counts(summary)})
+        manifest.append({"type": "run", "finished": False, "time": now(), **_counts(summary)})
         raise ProtectInterrupted(summary) from None
     summary.results = [results[i] for i in sorted(results)]
     summary.seconds = time.monotonic() - t0
-    manifest.append({"type": "run", "finished": True, "time": _now(), **_counts(summary)})
+    manifest.append({"type": "run", "finished": True, "time": now(), **_counts(summary)})
     return summary
 
 
@@ -594,7 +325,7 @@ def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, fi
             finish(i, _problem(manifest, job, msg, kind="output-exists"))
             continue
         try:
-            size = imageio.probe_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side)
+            size = probe_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side)
         except ImageReadError as e:
             finish(i, _unreadable(manifest, job, e))
             continue
@@ -612,7 +343,7 @@ def _problem(manifest: Manifest, job: _Job, message: str, *, status: str = "fail
             "status": status,
             "kind": kind,
             "message": message,
-            "time": _now(),
+            "time": now(),
         }
     )
     return FileResult(job.src, None, status, message)
@@ -660,7 +391,7 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
         for i in idx:
             job = jobs[i]
             try:
-                img = imageio.read_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side)
+                img = read_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side)
             except ImageReadError as e:
                 finish(i, _unreadable(manifest, job, e))
                 continue
@@ -699,7 +430,7 @@ def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, k
     for _, img in loaded:
         x = img.rgb
         if img.alpha is not None and settings.format == "jpeg":
-            x = imageio.composite_on_white(x, img.alpha)  # what the JPEG will hold
+            x = composite_on_white(x, img.alpha)  # what the JPEG will hold
         rgb.append(x)
     rgb += rgb[-1:] * (rows - len(rgb))
     try:
@@ -714,7 +445,7 @@ def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, k
     for k, (i, img) in enumerate(loaded):
         job = jobs[i]
         buf = io.BytesIO()
-        imageio.encode_image(
+        encode_image(
             buf,
             res.images[k],
             format=settings.format,
@@ -733,13 +464,13 @@ def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, k
             "status": "ok",
             "size": list(img.size),
             "notes": list(img.notes),
-            "time": _now(),
+            "time": now(),
             **_metrics(res, k, settings),
         }
         # The record goes first: if we are stopped before the file is in place, the rerun finds the
         # output missing (or its digest different), redoes it, and knows the path is ours to replace.
         manifest.append(record)
-        with imageio.atomic_output(job.out) as f:
+        with atomic_output(job.out) as f:
             f.write(data)
         finish(i, FileResult(job.src, job.out, "ok", notes=img.notes, record=record))
 

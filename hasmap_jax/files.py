@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import tempfile
 import threading
@@ -319,6 +320,12 @@ def read_image(
     return LoadedImage(rgb, alpha, tuple(notes), exif_bytes, icc, fmt, file_mode)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as hex (`hashlib.file_digest`: read in chunks, not into memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def is_temporary(path: str | os.PathLike) -> bool:
     """Whether `path` is a temporary file left by `write_image` (only after a hard kill)."""
     return _TMP_MARK in Path(path).name
@@ -367,7 +374,7 @@ def encode_image(
 
     JPEG uses Pillow's defaults besides `quality` (4:2:0 chroma subsampling, baseline), as
     `Image.save(quality=q)` does in the MediaEval 2020 protocol, so a file written here decodes to the
-    same pixels as `hasmap_jax.jpeg.pillow_jpeg(rgb, quality)`. `alpha` is attached to PNG output
+    same pixels as `hasmap_jax.transforms.jpeg.pillow_jpeg(rgb, quality)`. `alpha` is attached to PNG output
     and composited on white for JPEG.
     """
     rgb = np.asarray(rgb)

@@ -1,0 +1,37 @@
+"""Protecting folders of real photos (`hasmap protect`): safe outputs and a resumable manifest.
+
+  settings   presets and `ProtectSettings` (everything that decides the output bytes)
+  manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
+  runner     `protect_paths`: plan the outputs, batch photos by size, attack, write atomically
+"""
+
+from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, recorded_outputs
+from hasmap_jax.protect.runner import FileResult, ProtectInterrupted, ProtectSummary, plan, protect_paths
+from hasmap_jax.protect.settings import (
+    DEFAULT_PRESET,
+    PRESETS,
+    PROTOCOL_JPEG_QUALITY,
+    Preset,
+    ProtectSettings,
+    SettingsMismatch,
+    UsageError,
+)
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "MANIFEST_NAME",
+    "PRESETS",
+    "PROTOCOL_JPEG_QUALITY",
+    "FileResult",
+    "Manifest",
+    "Preset",
+    "ProtectInterrupted",
+    "ProtectSettings",
+    "ProtectSummary",
+    "SettingsMismatch",
+    "UsageError",
+    "model_identity",
+    "plan",
+    "protect_paths",
+    "recorded_outputs",
+]
