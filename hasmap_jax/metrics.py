@@ -36,22 +36,67 @@ def weighted_distortion(d: jax.Array, sensitivity: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(sensitivity[..., None] * d))
 
 
+#: SSIM's Gaussian window (dm_pix's default, as tf.image.ssim): 11 taps, sigma 1.5, "valid" borders.
+SSIM_WINDOW = 11
+
+
+def ssim(a: jax.Array, b: jax.Array, *, max_rows: int = 256) -> jax.Array:
+    """dm_pix's SSIM of each image pair (N, H, W, C), uint8 or float in [0, 1]: `dm_pix.ssim`, over strips
+    of at most `max_rows` rows of the SSIM map at a time (each strip reads SSIM_WINDOW - 1 more rows
+    of the images), so memory stays a strip's whatever the photo's size. Equal to `dm_pix.ssim` up
+    to float rounding of the mean (tests/test_metrics.py)."""
+    import dm_pix
+
+    n, h, w, c = a.shape
+    rows = h - (SSIM_WINDOW - 1)  # rows of the "valid" SSIM map
+    if rows <= max_rows:
+        return dm_pix.ssim(_unit(a), _unit(b))
+    k = -(-rows // max_rows)
+    size = -(-rows // k)
+    # Strip i covers map rows [start_i, start_i + size); the last start is clamped to stay inside,
+    # and rows an earlier strip already covered are masked out, so each row counts once.
+    starts = np.minimum(np.arange(k) * size, rows - size)
+    firsts = np.arange(k) * size
+
+    def one_image(pair):
+        x, y = pair
+
+        def strip(args):
+            start, first = args
+            xs = jax.lax.dynamic_slice_in_dim(x, start, size + SSIM_WINDOW - 1, axis=0)
+            ys = jax.lax.dynamic_slice_in_dim(y, start, size + SSIM_WINDOW - 1, axis=0)
+            m = dm_pix.ssim(_unit(xs), _unit(ys), return_map=True)
+            keep = (start + jnp.arange(size)) >= first
+            return jnp.sum(jnp.where(keep[:, None, None], m, 0.0))
+
+        return jnp.sum(jax.lax.map(strip, (jnp.asarray(starts), jnp.asarray(firsts)))) / (
+            rows * (w - SSIM_WINDOW + 1) * c
+        )
+
+    return jax.lax.map(one_image, (a, b))
+
+
 @jax.jit
 def distortion(original: jax.Array, protected: jax.Array, sensitivity: jax.Array) -> dict[str, jax.Array]:
     """psnr, ssim, l2, linf and weighted_l2, each (N,), of batches (N, H, W, 3) (uint8, or float in
-    [0, 1]) with sensitivity maps (N, H, W)."""
+    [0, 1]) with sensitivity maps (N, H, W). One image at a time, SSIM in strips: the memory is a few
+    copies of one photo, not of the batch."""
     import dm_pix
 
-    x, y = _unit(original), _unit(protected)
-    d = y - x
-    flat = d.reshape(d.shape[0], -1)
-    return dict(
-        psnr=dm_pix.psnr(x, y),
-        ssim=dm_pix.ssim(x, y),
-        l2=jnp.linalg.norm(flat, axis=1),
-        linf=jnp.max(jnp.abs(flat), axis=1),
-        weighted_l2=jnp.sqrt(jax.vmap(weighted_distortion)(d, sensitivity)),
-    )
+    def one(args):
+        a, b, s = args
+        x, y = _unit(a), _unit(b)
+        d = y - x
+        return dict(
+            psnr=dm_pix.psnr(x, y),
+            l2=jnp.sqrt(jnp.sum(jnp.square(d))),
+            linf=jnp.max(jnp.abs(d)),
+            weighted_l2=jnp.sqrt(weighted_distortion(d, s)),
+        )
+
+    out = jax.lax.map(one, (original, protected, sensitivity))
+    out["ssim"] = ssim(original, protected)
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -108,7 +108,7 @@ def test_jit_equals_eager_and_vmap_equals_loop():
 
 
 def test_default_model_and_the_attack_use_the_same_map():
-    from hasmap_jax.attack import sensitivity_maps
+    from hasmap_jax.sensitivity import sensitivity_maps
 
     x = photo_like(2)
     u8 = np.round(x * 255).astype(np.uint8)

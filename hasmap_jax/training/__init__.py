@@ -1,6 +1,7 @@
-"""Training of the models that ship in `weights/`.
+"""Training of the default quality model that ships in `weights/default`.
 
-For the default quality model: `photos` pins the licensed photographs (read from installed
-packages), `quality_data` makes degraded views with target scores, and `train_quality` trains and
-evaluates the model and writes `weights/default` (`python -m hasmap_jax.training.train --help`).
+`photos` loads the licensed photographs it learns from (`photos.toml`: read from installed
+packages, pinned by sha256), `data` makes degraded views with target scores, and `train` trains
+and evaluates the model and writes the checkpoint (`hasmap train-quality --help`). The learned
+sensitivity map trains in `hasmap_jax.sensitivity.train`.
 """

@@ -59,7 +59,7 @@ CLEAR_SEVERITY = 0.6
 KINDS = ("blur", "noise", "jpeg", "contrast", "exposure", "resample", "color_cast")
 
 # Parameter at severity 0 and 1 of each kind (see the module docstring).
-_RANGES = {
+RANGES = {
     "blur": (0.3, 5.3),
     "noise": (0.008, 0.20),
     "jpeg": (70.0, 3.0),
@@ -77,11 +77,11 @@ def target_score(severity: float | np.ndarray) -> float | np.ndarray:
 
 def parameter(kind: str, severity: float) -> float:
     """The degradation parameter of `kind` at `severity` in [0, 1] (table in the module docstring)."""
-    if kind not in _RANGES:
+    if kind not in RANGES:
         raise ValueError(f"unknown degradation {kind!r}; expected one of {KINDS}")
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity must be in [0, 1], got {severity}")
-    lo, hi = _RANGES[kind]
+    lo, hi = RANGES[kind]
     if kind == "contrast":
         return lo + (hi - lo) * severity
     return lo * (hi / lo) ** severity
