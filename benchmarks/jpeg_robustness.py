@@ -50,7 +50,7 @@ def load_photos(folder: Path) -> tuple[list[str], list[np.ndarray]]:
 def run(images, alpha, robust, args, model, kappa: float = 0.0) -> dict:
     """One attack of every photo (grouped by size) at `alpha`; the measurements of `main`'s doc."""
     from hasmap_jax.attack import attack_batch
-    from hasmap_jax.evaluation import score_images
+    from hasmap_jax.scoring import score_images
 
     t0 = time.perf_counter()
     groups: dict[tuple, list[int]] = {}
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="also write every row here")
     args = p.parse_args(argv)
 
-    from hasmap_jax.evaluation import score_images
+    from hasmap_jax.scoring import score_images
     from hasmap_jax.weights.loading import load_quality_model
 
     model = load_quality_model(args.model)

@@ -27,16 +27,20 @@ raises `ImageReadError` with a message that names the file and what to do):
   truncated or corrupt          ImageReadError(kind="corrupt"): never decoded with Pillow's
                                 LOAD_TRUNCATED_IMAGES, so no half-grey photo is protected
 
-`write_image` writes a temporary file in the destination folder and `os.replace`s it into place, so
-a reader (or a crash, or Ctrl-C) never sees a partial file; the temporary file is removed on any error.
+Writing: `atomic_output` (a file) and `atomic_directory` (a folder, e.g. a checkpoint) stage the
+new content next to its destination and move it into place in one step, so a reader (or a crash, or
+Ctrl-C) never sees a partial file; the staging copy is removed on any error. `write_image` encodes a
+photo through `atomic_output`. `sha256_file` is the one file digest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -320,6 +324,34 @@ def read_image(
     return LoadedImage(rgb, alpha, tuple(notes), exif_bytes, icc, fmt, file_mode)
 
 
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE):
+    """Yields an image file decoded and upright (EXIF orientation applied) in the file's own Pillow
+    mode, with `read_image`'s refusals (size limits, decompression bombs, truncated data).
+
+    For readers that need what `read_image` converts away (the bit depth of a greyscale map, say);
+    photos go through `read_image`. Only the first frame of a multi-frame file is decoded.
+
+    Raises:
+      ImageReadError: as `read_image`.
+    """
+    path = Path(path)
+    name = str(path)
+    with _open(path, max_pixels) as im:
+        _check_size(name, im.size[1], im.size[0], max_pixels, min_side)
+        try:
+            with _pillow_limits(max_pixels):
+                im.load()
+                upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageReadError(f"{name}: refused by the decompression-bomb guard ({e})", kind="too-large") from None
+        except Exception as e:  # truncated data, broken compression streams, ...
+            raise ImageReadError(
+                f"{name}: truncated or corrupt image data ({type(e).__name__}: {e})", kind="corrupt"
+            ) from None
+        yield upright
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, as hex (`hashlib.file_digest`: read in chunks, not into memory)."""
     with open(path, "rb") as f:
@@ -332,25 +364,94 @@ def is_temporary(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb"):
-    """Opens a temporary file next to `path`; on success it replaces `path` in one `os.replace`.
+def atomic_output(path: str | os.PathLike, mode: str = "wb", *, replace: bool = True):
+    """Opens a temporary file next to `path`; on success it becomes `path` in one step.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and `path` is left
-    as it was. Creates missing parent folders.
+    as it was. Creates missing parent folders. The one way this package writes a file.
+
+    Args:
+      path: the file to write.
+      mode: "wb" or "w" (text, UTF-8).
+      replace: True replaces an existing `path` (`os.replace`); False never does: the file is
+        committed with a hard link, which fails if `path` exists (where the file system has no
+        hard links: checked, then renamed).
+
+    Raises:
+      FileExistsError: `replace=False` and `path` exists (before anything is written, or at the
+        commit if it appeared meanwhile; nothing is left behind either way).
     """
     path = Path(path)
+    if not replace and path.exists():
+        raise FileExistsError(f"{path} already exists; not overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_MARK)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _commit_new(Path(tmp), path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+def _commit_new(tmp: Path, target: Path) -> None:
+    """Gives `tmp` the name `target` without ever replacing an existing file."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExistsError(f"{target} already exists; not overwritten") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if target.exists():  # no hard links here: check, then rename (a narrow race remains)
+            raise FileExistsError(f"{target} already exists; not overwritten") from None
+        os.rename(tmp, target)
+        return
+    tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace: bool = False):
+    """Yields a new, empty staging folder next to `path`; on success it becomes `path` in one rename.
+
+    On any exception the staging folder is removed and `path` is left as it was.
+
+    Args:
+      path: the folder to create.
+      replace: False refuses an existing `path` (before anything is written); True swaps the new
+        folder in (the old one is renamed aside, the new one renamed into place, then the old one
+        removed), so a reader sees the old folder or the new one, never a mix.
+
+    Raises:
+      FileExistsError: `replace=False` and `path` exists.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.exists() and not replace:
+        raise FileExistsError(f"{target} already exists; choose a new output path (nothing was written)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_MARK))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())
+        if target.exists():
+            if not replace:
+                raise FileExistsError(f"{target} already exists; not overwritten")
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=_TMP_MARK))
+            os.rename(target, old / "x")
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -223,3 +223,163 @@ def test_find_images_skips_hidden_others_and_excluded(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = files.find_images(tmp_path, exclude=(tmp_path / "out",))
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "sub/b.png"]
+
+
+# ------------------------------------------------------------------------------ writers and readers
+
+
+def test_atomic_output_replace_false_never_overwrites(tmp_path):
+    target = tmp_path / "run.json"
+    with files.atomic_output(target, replace=False) as f:  # a new file is written
+        f.write(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(FileExistsError, match="run.json"):
+        with files.atomic_output(target, replace=False) as f:
+            f.write(b"second")
+    assert target.read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["run.json"]
+    # A file that appears while the new one is being written wins, and nothing is left behind.
+    late = tmp_path / "late.txt"
+    with pytest.raises(FileExistsError, match="late.txt"):
+        with files.atomic_output(late, replace=False) as f:
+            f.write(b"mine")
+            late.write_bytes(b"theirs")
+    assert late.read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["late.txt", "run.json"]
+    # replace=True (the default) does replace.
+    with files.atomic_output(target) as f:
+        f.write(b"third")
+    assert target.read_bytes() == b"third"
+
+
+def test_atomic_output_cleans_up_on_exception(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with pytest.raises(RuntimeError):
+        with files.atomic_output(target, "w") as f:
+            f.write("partial")
+            assert not target.exists()  # only the staging file exists while writing
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert os.listdir(tmp_path / "sub") == []
+    with files.atomic_output(target, "w") as f:  # text mode is UTF-8
+        f.write("café\n")
+    assert target.read_bytes() == "café\n".encode()
+
+
+def test_atomic_directory_refuses_an_existing_folder(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    entered = []
+    with pytest.raises(FileExistsError, match="nothing was written"):
+        with files.atomic_directory(target) as staging:
+            entered.append(staging)
+    assert entered == []  # refused before anything is written
+    assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(target) == ["old.txt"]
+
+
+def test_atomic_directory_creates_and_removes_staging_on_exception(tmp_path):
+    target = tmp_path / "ckpt"
+    with files.atomic_directory(target) as staging:
+        assert staging != target and staging.parent == tmp_path and not target.exists()
+        assert staging.name.startswith(".") and files.is_temporary(staging)
+        (staging / "a.txt").write_text("a")
+    assert os.listdir(tmp_path) == ["ckpt"] and (target / "a.txt").read_text() == "a"
+    for replace in (False, True):
+        new = tmp_path / f"new-{replace}"
+        if replace:
+            new.mkdir()
+            (new / "keep.txt").write_text("keep")
+        with pytest.raises(KeyboardInterrupt):
+            with files.atomic_directory(new, replace=replace) as staging:
+                (staging / "half.txt").write_text("half")
+                raise KeyboardInterrupt
+        if replace:  # the existing folder is untouched
+            assert os.listdir(new) == ["keep.txt"]
+        else:
+            assert not new.exists()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "new-True"]
+
+
+def test_atomic_directory_replace_swaps_content(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    (target / "sub").mkdir()
+    with files.atomic_directory(target, replace=True) as staging:
+        (staging / "new.txt").write_text("new")
+        assert (target / "old.txt").read_text() == "old"  # readers see the old folder meanwhile
+    assert os.listdir(target) == ["new.txt"] and (target / "new.txt").read_text() == "new"
+    assert os.listdir(tmp_path) == ["ckpt"]  # the old folder is gone, no staging left
+
+
+def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path):
+    import hashlib
+
+    data = np.random.RandomState(0).bytes(3 * (1 << 20) + 17)  # several read chunks
+    (tmp_path / "big.bin").write_bytes(data)
+    (tmp_path / "empty.bin").write_bytes(b"")
+    assert files.sha256_file(tmp_path / "big.bin") == hashlib.sha256(data).hexdigest()
+    assert files.sha256_file(tmp_path / "empty.bin") == hashlib.sha256(b"").hexdigest()
+    assert files.sha256_file(tmp_path / "big.bin") != files.sha256_file(tmp_path / "empty.bin")
+
+
+def test_open_image_keeps_the_mode_upright_with_the_same_refusals(tmp_path):
+    deep = (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 31).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    with files.open_image(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+        np.testing.assert_array_equal(np.asarray(im), deep)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo(40, 48)[..., 0], "L").save(tmp_path / "o.jpg", quality=100, exif=exif.tobytes())
+    with files.open_image(tmp_path / "o.jpg") as im:
+        assert im.mode == "L" and im.size == (40, 48)  # (width, height): turned upright
+    buf = io.BytesIO()
+    Image.fromarray(photo(200, 200)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageReadError) as e:
+        with files.open_image(tmp_path / "cut.png"):
+            pass
+    assert e.value.kind == "corrupt" and "cut.png" in str(e.value)
+    with pytest.raises(ImageReadError) as e:
+        with files.open_image(tmp_path / "deep.png", max_pixels=100):
+            pass
+    assert e.value.kind == "too-large"
+
+
+def test_checkpoint_save_staged_replaced_and_into_existing(tmp_path):
+    from hasmap_jax.weights import checkpoint
+
+    def variables(v):
+        return {"params": {"w": np.full((2, 3), v, np.float32), "b": np.arange(3, dtype=np.float32)}}
+
+    card = {"kind": "test", "config": {}}
+    out = checkpoint.save(tmp_path / "m", variables(1.0), card)
+    assert out == (tmp_path / "m").absolute() and checkpoint.is_checkpoint(out)
+    with pytest.raises(FileExistsError, match="nothing was written"):
+        checkpoint.save(out, variables(2.0), {**card, "note": "refused"})
+    assert "note" not in checkpoint.read_card(out)
+    checkpoint.save(out, variables(3.0), {**card, "note": "swapped"}, replace=True)
+    assert checkpoint.read_card(out)["note"] == "swapped"
+    restored = checkpoint.restore(out, variables(0.0))
+    np.testing.assert_array_equal(restored["params"]["w"], variables(3.0)["params"]["w"])
+    assert os.listdir(tmp_path) == ["m"]
+
+    # Into a training run's folder: its other contents stay, a stale variables/ is replaced.
+    run = tmp_path / "run"
+    (run / "train_state").mkdir(parents=True)
+    (run / "train_state" / "run.json").write_text("{}")
+    (run / checkpoint.VARIABLES_DIR).mkdir()
+    (run / checkpoint.VARIABLES_DIR / "stale").write_text("left by an interrupted save")
+    checkpoint.save(run, variables(4.0), card, into_existing=True)
+    assert sorted(os.listdir(run)) == sorted(["train_state", checkpoint.VARIABLES_DIR, checkpoint.CARD_NAME])
+    assert not (run / checkpoint.VARIABLES_DIR / "stale").exists()
+    assert (run / "train_state" / "run.json").read_text() == "{}"
+    assert checkpoint.read_card(run) == {"card_version": checkpoint.CARD_VERSION, **card}
+    np.testing.assert_array_equal(checkpoint.restore(run, variables(0.0))["params"]["w"], variables(4.0)["params"]["w"])
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        checkpoint.save(run, variables(5.0), card, into_existing=True)
+    with pytest.raises(NotADirectoryError):
+        checkpoint.save(tmp_path / "missing", variables(5.0), card, into_existing=True)
+    assert sorted(os.listdir(tmp_path)) == ["m", "run"]

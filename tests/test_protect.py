@@ -497,8 +497,8 @@ def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model,
     assert stored.shape[:2] == (W, H)
     assert cli.main(["score", str(tmp_path / "phone.jpg")]) == 0
     printed = float(capsys.readouterr().out.split("\t")[1])
-    from hasmap_jax.evaluation import score_images
     from hasmap_jax.files import read_image
+    from hasmap_jax.scoring import score_images
 
     expect = score_images(model, read_image(tmp_path / "phone.jpg").judged[None])[0]
     np.testing.assert_allclose(printed, expect, atol=1e-3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import warnings
 
@@ -13,8 +12,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from hasmap_jax import load_sensitivity_model
-from hasmap_jax.cli.sensitivity import colorize, overlay, register, write_sensitivity_maps
+from hasmap_jax.cli import build_parser
+from hasmap_jax.sensitivity import data as sd
 from hasmap_jax.sensitivity import jnd_sensitivity
+from hasmap_jax.sensitivity.render import colorize, overlay, to_uint8, write_sensitivity_maps
 from hasmap_jax.sensitivity.train import (
     STATE_DIR,
     TrainConfig,
@@ -22,7 +23,6 @@ from hasmap_jax.sensitivity.train import (
     sensitivity_metrics,
     train_sensitivity,
 )
-from hasmap_jax.training import sensitivity_data as sd
 from hasmap_jax.weights import checkpoint
 from hasmap_jax.weights.conversion.common import WeightError
 
@@ -43,9 +43,8 @@ TINY_ARGS = [
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="hasmap")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
+    """Runs a `hasmap` command; unlike `hasmap_jax.cli.main`, lets its exceptions through."""
+    args = build_parser().parse_args([str(a) for a in argv])
     return args.func(args)
 
 
@@ -270,7 +269,7 @@ def test_unreadable_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "p1.png").write_bytes(b"not an image")
     truncated = (tmp_path / "p2_sensitivity.png").read_bytes()
     with pytest.raises(sd.DataError, match="p1.png: cannot read"):
-        sd.read_image(tmp_path / "p1.png")
+        sd.read_photo(tmp_path / "p1.png")
     (tmp_path / "p2_sensitivity.png").write_bytes(truncated[: len(truncated) // 2])
     with pytest.raises(sd.DataError, match="p2_sensitivity.png: cannot read"):
         sd.read_map(tmp_path / "p2_sensitivity.png")
@@ -410,8 +409,19 @@ def test_sensitivity_command_writes_maps_and_never_overwrites(tmp_path, capsys):
     assert sorted(f.name for f in (tmp_path / "out3").iterdir()) == ["photo0_overlay.png", "photo0_sensitivity.png"]
 
 
-def test_colorize_runs_blue_to_red():
-    c = colorize(np.array([0.0, 0.5, 1.0]))
-    assert c.shape == (3, 3) and c.min() >= 0 and c.max() <= 1
-    assert c[0, 2] > c[0, 0] and c[2, 0] > c[2, 2]  # low: blue over red; high: red over blue
+def test_colour_map_is_ordered_by_brightness():
+    """The one colour map (overlays, the evaluation report): brighter with every step up, so its
+    order survives greyscale; dark blue at 0, bright at 1; continuous; clipped; any shape."""
+    v = np.linspace(0.0, 1.0, 1001)
+    c = colorize(v)
+    assert c.shape == (1001, 3) and c.dtype == np.float32 and c.min() >= 0 and c.max() <= 1
+    luma = c @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    assert np.all(np.diff(luma) > 0)
+    assert luma[0] < 0.15 and luma[-1] > 0.8
+    assert c[0, 2] > max(c[0, 0], c[0, 1])  # low end: blue
+    assert c[-1, 0] > c[-1, 2]  # high end: warm (red over blue)
+    assert np.abs(np.diff(c, axis=0)).max() < 0.01  # no jumps between neighbouring values
+    np.testing.assert_array_equal(colorize(np.array([-1.0, np.nan, 2.0])), c[[0, 0, -1]])
     assert colorize(np.zeros((2, 5))).shape == (2, 5, 3)
+    u = to_uint8(colorize(np.zeros((2, 5))))
+    assert u.shape == (2, 5, 3) and u.dtype == np.uint8

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from hasmap_jax.files import ImageReadError, atomic_output, composite_on_white, read_image
+from hasmap_jax.files import ImageReadError, atomic_output, composite_on_white, read_image, write_image
+from hasmap_jax.sensitivity.render import colorize, to_uint8
 
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -41,18 +41,6 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 .low{color:#0a7a2f;font-weight:600}.high{color:#b3261e;font-weight:600}.err{color:#b3261e}
 .plots{display:flex;flex-wrap:wrap;gap:18px}.note{font-size:.85em;color:#666}
 """
-
-# A perceptually ordered ramp (dark blue -> purple -> orange -> pale yellow) for sensitivity maps.
-_RAMP = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours along `_RAMP`."""
-    v = np.clip(np.nan_to_num(values), 0.0, 1.0) * (len(_RAMP) - 1)
-    i = np.minimum(np.floor(v).astype(int), len(_RAMP) - 2)
-    t = (v - i)[..., None]
-    return np.round(_RAMP[i] * (1 - t) + _RAMP[i + 1] * t).astype(np.uint8)
-
 
 def difference_image(original: np.ndarray, protected: np.ndarray, gain: float) -> np.ndarray:
     """(H, W, 3) uint8: 128 + gain * (protected - original), per channel, clipped."""
@@ -196,8 +184,7 @@ def _crop(a: np.ndarray, max_side: int) -> tuple[np.ndarray, bool]:
 
 
 def _save_png(a: np.ndarray, path: Path) -> None:
-    with atomic_output(path) as f:
-        Image.fromarray(a).save(f, format="PNG")
+    write_image(path, np.ascontiguousarray(a), format="png")
 
 
 def _rgb(path: str) -> np.ndarray | None:
@@ -303,7 +290,7 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
         body.append(_figure(name, f"original{crop_note} · {w}×{h} · {s}"))
         smap = _crop(sens.map(original[None])[0], max_preview)[0]
         name = f"{n:04d}-sensitivity.png"
-        _save_png(colormap(smap), files / name)
+        _save_png(to_uint8(colorize(smap)), files / name)
         body.append(_figure(name, "sensitivity map (default JND)"))
         pairs = []
         for j, r in enumerate(runs):

@@ -18,7 +18,8 @@ Bad data: the rules
   is skipped. No pair at all: `DataError`.
 - Two files that claim the same name (`a.jpg` and `a.png`, or two maps of `a`): `DataError` naming
   both, since which one is meant cannot be guessed.
-- A file Pillow cannot read or decode (damaged, truncated, not an image): `DataError` naming it.
+- A file Pillow cannot read or decode (damaged, truncated, not an image), or one of more than
+  `hasmap_jax.files.DEFAULT_MAX_PIXELS` pixels: `DataError` naming it.
 - A map whose size differs from its photo's: a `DataWarning` naming it; the map is stretched onto
   the photo's frame (bilinear), which is what happens to every pair anyway when both are resized
   to the training size.
@@ -29,7 +30,9 @@ Bad data: the rules
   dropped; a map whose alpha is not fully opaque gets a `DataWarning`.
 - Map values: 8-bit maps are divided by 255, 16-bit maps (`I;16`, `I`) by 65535; a float (`F`)
   map is a `DataError`. Maps are stored at 8 bits (EMOd's maps are 8-bit JPEGs).
-- Photos: any mode Pillow reads is converted to RGB (greyscale photos become grey RGB).
+- Photos are read by `hasmap_jax.files.read_image`, as every command reads them: any mode Pillow
+  reads becomes 8-bit RGB (greyscale photos become grey RGB, 16-bit ones are scaled to 8 bits,
+  CMYK goes through its colour profile); transparency is dropped.
 - Photos and maps are turned upright by their EXIF orientation, as viewers show them.
 
 Every pair is resized (bilinear, Pillow, antialiased when shrinking) to the training size, both
@@ -66,7 +69,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from hasmap_jax import files
+from hasmap_jax.files import ImageReadError
 
 #: File extensions read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -75,7 +81,7 @@ MAP_SUFFIX = "_sensitivity"
 #: A multi-channel map whose channels differ by at most this many 8-bit levels is grey.
 GREY_TOLERANCE = 8
 #: Bump when what `prepare` writes changes, so old caches are not reused.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 class DataError(ValueError):
@@ -162,9 +168,9 @@ def find_pairs(data_dir: str | os.PathLike) -> PairList:
         maps = _by_stem(_image_files(map_dir), "map")
     else:
         layout = "flat"
-        files = _image_files(root)
-        images = _by_stem([p for p in files if not p.stem.endswith(MAP_SUFFIX)], "photo")
-        maps = _by_stem([p for p in files if p.stem.endswith(MAP_SUFFIX)], "map")
+        found = _image_files(root)
+        images = _by_stem([p for p in found if not p.stem.endswith(MAP_SUFFIX)], "photo")
+        maps = _by_stem([p for p in found if p.stem.endswith(MAP_SUFFIX)], "map")
     pairs, skipped = [], []
     for stem, path in images.items():
         partner = maps.get(stem + MAP_SUFFIX)
@@ -193,23 +199,23 @@ def find_pairs(data_dir: str | os.PathLike) -> PairList:
     return PairList(root, layout, tuple(sorted(pairs, key=lambda p: p.name)), tuple(skipped))
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        im = Image.open(path)
-        im.load()  # decode now: a truncated file fails here, not later
-        return ImageOps.exif_transpose(im)  # upright, as viewers (and annotators) see it
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+def _unreadable(path: Path, e: ImageReadError) -> DataError:
+    detail = str(e).removeprefix(f"{path}: ")
+    return DataError(f"{path}: cannot read the image ({detail})")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A photo as (H, W, 3) uint8 RGB.
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """A photo as (H, W, 3) uint8 RGB, upright, read by `hasmap_jax.files.read_image` (any mode to
+    8-bit RGB, transparency dropped; no minimum size).
 
     Raises:
-      DataError: Pillow cannot read it (the message names the file).
+      DataError: the file cannot be read or is over `files.DEFAULT_MAX_PIXELS` (the message names it).
     """
-    with _open(Path(path)) as im:
-        return np.asarray(im.convert("RGB"))
+    path = Path(path)
+    try:
+        return files.read_image(path, min_side=1).judged
+    except ImageReadError as e:
+        raise _unreadable(path, e) from None
 
 
 def read_map(path: str | os.PathLike) -> np.ndarray:
@@ -219,28 +225,36 @@ def read_map(path: str | os.PathLike) -> np.ndarray:
       DataError: unreadable, a colour (not grey) map, or a float map (the message names the file).
     """
     path = Path(path)
-    with _open(path) as im:
+    try:
+        with files.open_image(path, min_side=1) as im:
+            return _map_values(path, im)
+    except ImageReadError as e:
+        raise _unreadable(path, e) from None
+
+
+def _map_values(path: Path, im: Image.Image) -> np.ndarray:
+    """`read_map` of an opened, upright image in its file's own mode."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode
-        if mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            mode = im.mode
-        if mode in ("1", "L"):
-            return np.asarray(im.convert("L"), np.float32) / 255.0
-        if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-            a = np.asarray(im, np.float64)
-            if a.min() < 0 or a.max() > 65535:
-                raise DataError(f"{path}: a 32-bit integer map with values outside 0..65535; save it as 8- or 16-bit")
-            return (a / 65535.0).astype(np.float32)
-        if mode == "F":
-            raise DataError(f"{path}: a floating-point map; save it as an 8- or 16-bit greyscale PNG")
-        bands = im.getbands()
-        if "A" in bands:
-            alpha = np.asarray(im.getchannel("A"))
-            if alpha.min() < 255:
-                warnings.warn(f"{path}: the map's alpha channel is ignored (it is not fully opaque)", DataWarning, 2)
-        if mode == "LA":
-            return np.asarray(im.getchannel("L"), np.float32) / 255.0
-        rgb = np.asarray(im.convert("RGB"), np.int16)
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"), np.float32) / 255.0
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        a = np.asarray(im, np.float64)
+        if a.min() < 0 or a.max() > 65535:
+            raise DataError(f"{path}: a 32-bit integer map with values outside 0..65535; save it as 8- or 16-bit")
+        return (a / 65535.0).astype(np.float32)
+    if mode == "F":
+        raise DataError(f"{path}: a floating-point map; save it as an 8- or 16-bit greyscale PNG")
+    bands = im.getbands()
+    if "A" in bands:
+        alpha = np.asarray(im.getchannel("A"))
+        if alpha.min() < 255:
+            warnings.warn(f"{path}: the map's alpha channel is ignored (it is not fully opaque)", DataWarning, 3)
+    if mode == "LA":
+        return np.asarray(im.getchannel("L"), np.float32) / 255.0
+    rgb = np.asarray(im.convert("RGB"), np.int16)
     spread = int((rgb.max(axis=-1) - rgb.min(axis=-1)).max())
     if spread > GREY_TOLERANCE:
         raise DataError(
@@ -268,7 +282,7 @@ def load_pair(pair: Pair, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     Raises:
       DataError: naming the file that cannot be used.
     """
-    image = read_image(pair.image)
+    image = read_photo(pair.image)
     smap = read_map(pair.map)
     if smap.shape != image.shape[:2]:
         warnings.warn(
@@ -306,9 +320,7 @@ def fingerprint(pairs: Sequence[Pair], **settings: Any) -> str:
     for p in sorted(pairs, key=lambda p: p.name):
         h.update(f"\0{p.name}\0{p.image.name}\0{p.map.name}\0".encode())
         for f in (p.image, p.map):
-            with open(f, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
+            h.update(bytes.fromhex(files.sha256_file(f)))
     return h.hexdigest()
 
 

@@ -35,10 +35,8 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hasmap_jax import files
+from hasmap_jax.metrics import roc_auc
 from hasmap_jax.models.vgg16 import HEADS, SensitivityNet
 from hasmap_jax.weights import checkpoint
 from hasmap_jax.weights.loading import SensitivityModel
@@ -139,25 +139,15 @@ class TrainResult:
 # Metrics
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of x, ties sharing their average rank (as scipy.stats.rankdata)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
 def _auc(pred: np.ndarray, target: np.ndarray) -> float:
+    """ROC AUC of `pred` for the target's positive pixels: its higher level when the target is
+    binary, else its top `AUC_TOP_FRACTION` of pixels; nan for a constant target."""
     t, p = target.ravel(), pred.ravel()
     levels = np.unique(t)
     if len(levels) < 2:
         return math.nan
     positive = t == levels[1] if len(levels) == 2 else t >= np.quantile(t, 1.0 - AUC_TOP_FRACTION)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = _average_ranks(p)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return roc_auc(p, positive)
 
 
 def sensitivity_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float | None]:
@@ -283,23 +273,35 @@ def evaluate(module: SensitivityNet, params, source, *, batch_size: int) -> dict
 # Progress
 
 
-class _Progress:
-    """A one-line progress bar with the running loss on a terminal; one line per epoch otherwise."""
+class _TrainingDisplay:
+    """What training shows on `stream` (None: nothing): a rich progress bar of the epoch's steps with
+    the running loss, on a terminal only, and one line per epoch (`line`) either way."""
 
     def __init__(self, stream: TextIO | None):
-        self.stream = stream
-        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = None
+        if stream is not None:
+            self.console = Console(file=stream, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        self.bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.5f}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=self.console is None or not self.console.is_terminal,
+        )
+        self.task = self.bar.add_task("", total=None, epoch="", loss=math.nan)
 
     def step(self, epoch: int, epochs: int, i: int, n: int, loss: float) -> None:
-        if self.tty:
-            done = int(20 * i / max(n, 1))
-            self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}] {i}/{n} loss {loss:.5f}")
-            self.stream.flush()
+        self.bar.update(self.task, completed=i, total=n, epoch=f"{epoch}/{epochs}", loss=loss)
 
     def line(self, text: str) -> None:
-        if self.stream is not None:
-            self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
-            self.stream.flush()
+        if self.console is not None:
+            self.console.print(text)
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
@@ -319,7 +321,12 @@ def _check_output(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a directory; choose a new output directory")
-        others = sorted(p.name for p in out.iterdir() if p.name not in (STATE_DIR, checkpoint.VARIABLES_DIR))
+        others = sorted(
+            p.name
+            for p in out.iterdir()
+            # staging left by an interrupted publish (hasmap_jax.files marks its own) is no obstacle
+            if p.name not in (STATE_DIR, checkpoint.VARIABLES_DIR) and not files.is_temporary(p)
+        )
         if others:
             raise FileExistsError(
                 f"{out} exists and is not an unfinished training run (it holds {', '.join(others[:5])}); "
@@ -344,24 +351,15 @@ def _check_run(state_dir: Path, run: dict[str, Any]) -> None:
                 f"({', '.join(keys) or 'format'} differ); resume it with the same ones or choose a new output directory"
             )
         return
-    tmp = path.with_name(f".{_RUN_FILE}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(run, indent=2) + "\n")
-    os.replace(tmp, path)
+    with files.atomic_output(path, "w") as f:
+        f.write(json.dumps(run, indent=2) + "\n")
 
 
 def _publish(out: Path, variables: dict[str, Any], card: dict[str, Any]) -> None:
-    """Puts the final model into `out` (which holds train_state/): `checkpoint.save` writes it into a
-    fresh sibling, whose `variables/` and then `model_card.json` are renamed into `out`. The card
-    arrives last, so `out` is a loadable checkpoint exactly when it is complete."""
-    staging = out.parent / f".{out.name}.model-{uuid.uuid4().hex[:8]}"
-    try:
-        checkpoint.save(staging, variables, card)
-        if (out / checkpoint.VARIABLES_DIR).exists():  # left by a publish interrupted before its card
-            shutil.rmtree(out / checkpoint.VARIABLES_DIR)
-        os.rename(staging / checkpoint.VARIABLES_DIR, out / checkpoint.VARIABLES_DIR)
-        os.rename(staging / checkpoint.CARD_NAME, out / checkpoint.CARD_NAME)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Puts the final model into `out` (which holds train_state/): `variables/` first (replacing one
+    left by a publish interrupted before its card), `model_card.json` last, so `out` is a loadable
+    checkpoint exactly when it is complete."""
+    checkpoint.save(out, variables, card, into_existing=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,10 +422,10 @@ def train_sensitivity(
     params = initial_variables(config)["params"]
     state = {"params": params, "opt_state": tx.init(params)}
     eval_batch = min(batch_size, len(data.validation))
-    show = _Progress(sys.stderr if progress is True else progress or None)
+    show = _TrainingDisplay(sys.stderr if progress is True else progress or None)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    with ocp.CheckpointManager(state_dir / "checkpoints", options=options) as manager:
+    with ocp.CheckpointManager(state_dir / "checkpoints", options=options) as manager, show.bar:
         start = manager.latest_step()
         if start is not None:
             restored = manager.restore(

@@ -14,11 +14,11 @@ Photos (not part of the repository; see `hasmap_jax.training.photos` for the man
 
 Train (about 15 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
-    python -m hasmap_jax.training.train --photo-root /opt/hasmap-photos --force
+    hasmap train-quality --photo-root /opt/hasmap-photos --force
 
 Re-print the held-out evaluation of a checkpoint:
 
-    python -m hasmap_jax.training.train --photo-root /opt/hasmap-photos --evaluate weights/default
+    hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
 
 The run is seeded: the data of step i come from `numpy.random.default_rng([seed, i])`, the weights
 from `jax.random.key(seed)`, so a rerun with the same packages, seed and JAX version reproduces it.
@@ -26,18 +26,14 @@ from `jax.random.key(seed)`, so a rerun with the same packages, seed and JAX ver
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import functools
 import os
 import platform
 import queue
-import shlex
-import shutil
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,11 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hasmap_jax.metrics import spearman
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, koncept512
 from hasmap_jax.training import data as qd
 from hasmap_jax.training import photos as photo_manifest
 from hasmap_jax.weights import checkpoint
-from hasmap_jax.weights.loading import weights_dir
 
 #: Architecture of the shipped default model (on top of the "koncept512-keras" variant).
 DEFAULT_MODEL: dict[str, Any] = dict(
@@ -358,22 +354,9 @@ def evaluate(
             "balanced": (acc_clean + acc_degraded) / 2,
         },
         "mae": float(np.mean(np.abs(scores - targets))),
-        "spearman": _spearman(scores, targets),
+        "spearman": spearman(scores, targets),
         "per_kind": per_kind,
     }
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(x):
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        # average ranks of ties (the targets tie by construction)
-        _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-        sums = np.bincount(inv, weights=r)
-        return sums[inv] / counts[inv]
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -402,7 +385,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# The shipped default model (command line: `hasmap train-quality`)
 
 
 def _prepared(split: str, roots: Sequence[str], log) -> list[np.ndarray]:
@@ -413,7 +396,9 @@ def _prepared(split: str, roots: Sequence[str], log) -> list[np.ndarray]:
     return out
 
 
-def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def _card(
+    module: KonCept512, config: TrainConfig, report: dict[str, Any], wall_s: float, command: str
+) -> dict[str, Any]:
     manifest = [
         {
             "name": p.name,
@@ -443,7 +428,7 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
         "source": {
             "format": "trained",
             "trainer": "hasmap_jax.training.train",
-            "command": "python -m hasmap_jax.training.train " + shlex.join(args.argv),
+            "command": command,
         },
         "notice": (
             "Not KonCept512 and not trained on human opinion scores: a small stand-in trained on "
@@ -466,7 +451,7 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
         "degradations": {
             "kinds": {
                 k: {"severity_0": lo, "severity_1": hi, "interpolation": "linear" if k == "contrast" else "geometric"}
-                for k, (lo, hi) in qd._RANGES.items()
+                for k, (lo, hi) in qd.RANGES.items()
             },
             "parameters": {
                 "blur": "Gaussian sigma in pixels (Pillow GaussianBlur)",
@@ -479,7 +464,7 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
             },
             "views": "random crop 384x512 at a random scale (1-1.5x the covering scale, never upscaled), random mirror",
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
-            "batches": f"groups of {args.group}: one random view clean plus {args.group - 1} degradations "
+            "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
             "of distinct kinds at uniform severities",
         },
         "target_mapping": {
@@ -489,14 +474,14 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
             "clearly_visible_from_severity": qd.CLEAR_SEVERITY,
         },
         "training": {
-            "seed": args.seed,
+            "seed": config.seed,
             "phases": [
                 {"steps": ph.steps, "batch_size": ph.batch_size, "crop": list(ph.crop) if ph.crop else [384, 512]}
-                for ph in _phases(args)
+                for ph in config.phases
             ],
-            "optimizer": f"AdamW, peak lr {args.learning_rate:g}, {args.warmup_steps} warm-up steps, cosine "
-            f"decay to 1 %, weight decay {args.weight_decay:g} (kernels only)",
-            "loss": f"Huber (delta {args.huber_delta:g} points) on the score + {args.pair_weight:g} x Huber on "
+            "optimizer": f"AdamW, peak lr {config.learning_rate:g}, {config.warmup_steps} warm-up steps, cosine "
+            f"decay to 1 %, weight decay {config.weight_decay:g} (kernels only)",
+            "loss": f"Huber (delta {config.huber_delta:g} points) on the score + {config.pair_weight:g} x Huber on "
             "score differences between versions of the same view; trained on (score - 50) / 20, folded into fc_out",
             "batchnorm": "statistics recomputed exactly on 24 batches of whole views after training (precise BN)",
             "wall_time_s": round(wall_s, 1),
@@ -508,94 +493,95 @@ def _card(module: KonCept512, args: argparse.Namespace, report: dict[str, Any], 
 
 
 def _write(out: Path, variables: dict[str, Any], card: dict[str, Any], *, force: bool) -> Path:
-    """Saves aside, then swaps into place, so that an interrupted run never leaves `out` broken."""
-    out = out.expanduser().absolute()
+    """`checkpoint.save`, replacing an existing `out` only with `force` (staged, then swapped into
+    place, so that an interrupted run never leaves `out` broken)."""
+    try:
+        return checkpoint.save(out, variables, card, replace=force)
+    except FileExistsError:
+        if force:
+            raise
+        raise FileExistsError(
+            f"{out.expanduser().absolute()} exists; pass --force to replace it (nothing was written)"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a `train_default_model` run (the options of `hasmap train-quality`)."""
+
+    seed: int = 0
+    phases: tuple[Phase, ...] = DEFAULT_PHASES
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    huber_delta: float = 8.0
+    pair_weight: float = 1.0
+    group: int = 4  # versions of each view per batch (1 clean)
+    eval_views: int = 3  # views per held-out photo in the evaluation
+
+
+def train_default_model(
+    out: str | os.PathLike,
+    photo_roots: Sequence[str] = (),
+    config: TrainConfig | None = None,
+    *,
+    force: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Trains the default model on the manifest's training photos, evaluates it on the held-out
+    ones (`format_report`, logged) and writes the checkpoint with its model card to `out`.
+
+    Args:
+      out: the checkpoint directory to write (`weights/default` for the shipped model).
+      photo_roots: where the photo packages are installed (`hasmap_jax.training.data.locate`).
+      config: the run's settings (default `TrainConfig()`).
+      force: replace `out` if it exists.
+      command: the command line that ran this, recorded in the model card.
+      log: receives the progress lines and the evaluation table.
+
+    Returns:
+      The absolute path of the written checkpoint.
+
+    Raises:
+      FileExistsError: `out` exists and not `force` (checked before any work; nothing is written).
+    """
+    config = config or TrainConfig()
+    out = Path(out).expanduser().absolute()
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it (nothing was written)")
-    new = checkpoint.save(out.parent / f".{out.name}.new-{uuid.uuid4().hex[:8]}", variables, card)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(new, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(new, out)
-    return out
-
-
-def _phases(args: argparse.Namespace) -> tuple[Phase, ...]:
-    phases = (Phase(args.steps, args.batch_size, tuple(args.patch)), Phase(args.full_steps, args.full_batch_size, None))
-    return tuple(p for p in phases if p.steps > 0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog="python -m hasmap_jax.training.train", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--photo-root",
-        action="append",
-        default=[],
-        help="folder with pip --target photo packages, or a prefix for Debian files (repeatable)",
-    )
-    p.add_argument("--out", type=Path, default=weights_dir() / "default", help="checkpoint directory to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument(
-        "--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on held-out photos"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=DEFAULT_PHASES[0].steps, help="steps on patches")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_PHASES[0].batch_size, help="batch on patches")
-    p.add_argument("--patch", type=int, nargs=2, default=DEFAULT_PHASES[0].crop, metavar=("H", "W"))
-    p.add_argument("--full-steps", type=int, default=DEFAULT_PHASES[1].steps, help="final steps on 384x512 views")
-    p.add_argument("--full-batch-size", type=int, default=DEFAULT_PHASES[1].batch_size)
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--pair-weight", type=float, default=1.0, help="weight of the within-view difference loss")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--huber-delta", type=float, default=8.0)
-    p.add_argument("--group", type=int, default=4, help="versions of each view per batch (1 clean)")
-    p.add_argument("--eval-views", type=int, default=3)
-    args = p.parse_args(argv)
-    args.argv = argv
-
-    heldout = _prepared("heldout", args.photo_root, print)
-    if args.evaluate is not None:
-        from hasmap_jax.weights.loading import load_quality_model
-
-        model = load_quality_model(args.evaluate)
-        report = evaluate(model.module, model.variables, heldout, views=args.eval_views)
-        print(format_report(report))
-        return 0
-
-    out = args.out.expanduser().absolute()
-    if out.exists() and not args.force:
-        print(f"{out} exists; pass --force to replace it", file=sys.stderr)
-        return 2
-    train_images = _prepared("train", args.photo_root, print)
+    heldout = _prepared("heldout", photo_roots, log)
+    train_images = _prepared("train", photo_roots, log)
     module = make_model()
     start = time.perf_counter()
     variables = train(
         module,
         train_images,
-        seed=args.seed,
-        phases=_phases(args),
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        huber_delta=args.huber_delta,
-        group=args.group,
-        pair_weight=args.pair_weight,
+        seed=config.seed,
+        phases=config.phases,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        huber_delta=config.huber_delta,
+        group=config.group,
+        pair_weight=config.pair_weight,
+        log=log,
     )
     wall = time.perf_counter() - start
-    print(f"trained in {wall:.0f} s; evaluating on held-out photos")
-    report = evaluate(module, variables, heldout, views=args.eval_views)
-    print(format_report(report))
-    path = _write(out, variables, _card(module, args, report, wall), force=args.force)
-    print(f"wrote {path}")
-    return 0
+    log(f"trained in {wall:.0f} s; evaluating on held-out photos")
+    report = evaluate(module, variables, heldout, views=config.eval_views)
+    log(format_report(report))
+    path = _write(out, variables, _card(module, config, report, wall, command), force=force)
+    log(f"wrote {path}")
+    return path
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def evaluate_checkpoint(
+    source: str | os.PathLike, photo_roots: Sequence[str] = (), *, views: int = 3, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The held-out evaluation (`evaluate`) of a quality checkpoint; print it with `format_report`."""
+    from hasmap_jax.weights.loading import load_quality_model
+
+    model = load_quality_model(source)
+    heldout = _prepared("heldout", photo_roots, log)
+    return evaluate(model.module, model.variables, heldout, views=views)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from hasmap_jax import files
 from hasmap_jax.weights.conversion.common import WeightError, assemble, flatten
 
 CARD_NAME = "model_card.json"
@@ -20,47 +18,73 @@ VARIABLES_DIR = "variables"
 CARD_VERSION = 1
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / CARD_NAME).is_file()
 
 
-def save(directory: str | os.PathLike, variables: dict[str, Any], card: dict[str, Any]) -> Path:
-    """Writes `variables` (an orbax checkpoint) and `card` (model_card.json) to a new `directory`.
+def save(
+    directory: str | os.PathLike,
+    variables: dict[str, Any],
+    card: dict[str, Any],
+    *,
+    replace: bool = False,
+    into_existing: bool = False,
+) -> Path:
+    """Writes `variables` (an orbax checkpoint in `variables/`) and `card` (`model_card.json`).
 
-    Everything is written into a hidden sibling directory first and renamed into place at the end,
-    so an interrupted save leaves nothing half-written behind and never touches an existing path.
+    Staged through `hasmap_jax.files.atomic_directory`, so an interrupted save leaves nothing
+    half-written behind.
+
+    Args:
+      directory: the checkpoint folder.
+      replace: False (default) refuses an existing `directory` before anything is written; True
+        swaps a complete new checkpoint in for it (a reader sees the old one or the new one).
+      into_existing: add the model to `directory`, an existing folder that holds other things too
+        (a training run's `train_state/`) and no model card: `variables/` is put in first (replacing
+        one left by an interrupted save), `model_card.json` last, so the folder is a loadable
+        checkpoint exactly when it is complete. Not with `replace`.
+
+    Returns:
+      The checkpoint's absolute path.
 
     Raises:
-      FileExistsError: `directory` already exists (choose another path or remove it yourself).
+      FileExistsError: `directory` exists (without `replace` or `into_existing`), or holds a model
+        card already (`into_existing`).
+      NotADirectoryError: `into_existing` and `directory` is not an existing folder.
     """
+    target = Path(directory).expanduser().absolute()  # orbax wants absolute paths
+    card = {"card_version": CARD_VERSION, **card}
+    if not into_existing:
+        with files.atomic_directory(target, replace=replace) as staging:
+            _save_variables(staging / VARIABLES_DIR, variables)
+            (staging / CARD_NAME).write_text(_card_text(card))  # inside the private staging folder
+        return target
+    if replace:
+        raise ValueError("save: into_existing and replace cannot be combined")
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target} is not an existing directory; nothing was written")
+    if is_checkpoint(target):
+        raise FileExistsError(f"{target} already holds a model ({CARD_NAME}); nothing was written")
+    with files.atomic_directory(target / VARIABLES_DIR, replace=True) as staging:
+        # orbax writes a new folder itself (staged beside it, then renamed): the empty staging
+        # folder is given to it to replace.
+        _save_variables(staging, variables, force=True)
+    with files.atomic_output(target / CARD_NAME, "w", replace=False) as f:
+        f.write(_card_text(card))
+    return target
+
+
+def _save_variables(path: Path, variables: dict[str, Any], *, force: bool = False) -> None:
     import orbax.checkpoint as ocp
 
-    target = Path(directory).expanduser().absolute()  # orbax wants absolute paths
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; choose a new output path (nothing was written)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
-        host = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(staging / VARIABLES_DIR, host)
-            ckptr.wait_until_finished()
-        card = {"card_version": CARD_VERSION, **card}
-        (staging / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    host = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, host, force=force)
+        ckptr.wait_until_finished()
+
+
+def _card_text(card: dict[str, Any]) -> str:
+    return json.dumps(card, indent=2, sort_keys=False) + "\n"
 
 
 def read_card(directory: str | os.PathLike) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hasmap_jax.arrays import as_unit_float
+from hasmap_jax.files import sha256_file
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512, quality_logits
 from hasmap_jax.scoring import resolve_view_size, view_scores
 from hasmap_jax.weights import checkpoint
@@ -292,7 +293,7 @@ def load_sensitivity_model(source: str | os.PathLike = "default"):
         "config": module.config(),
         "preprocessing": f"RGB in [0, 1], {module.normalization} normalisation inside the model",
         "output": "sensitivity map in [0, 1] at the input size (1 = a change is most noticeable)",
-        "source": {"file": path.name, "format": fmt, "sha256": checkpoint.sha256_file(path)},
+        "source": {"file": path.name, "format": fmt, "sha256": sha256_file(path)},
     }
     return SensitivityModel(module, variables, card)
 
@@ -325,7 +326,7 @@ def _quality_card(variant: str, module: KonCept512, path: Path, fmt: str) -> dic
         "input_size": list(KONCEPT_INPUT_SIZE),
         "preprocessing": "RGB in [0, 1] -> (x - 0.5) / 0.5; images scored at the size given",
         "output": "quality score, about 0..100 (KonIQ-10k MOS scale)",
-        "source": {"file": path.name, "format": fmt, "sha256": checkpoint.sha256_file(path)},
+        "source": {"file": path.name, "format": fmt, "sha256": sha256_file(path)},
     }
 
 

@@ -1,0 +1,99 @@
+"""`hasmap train-quality --photo-root DIR [--force]`: train the shipped default quality model.
+
+Arguments and printing over `hasmap_jax.training.train.train_default_model` (and
+`evaluate_checkpoint` with --evaluate); the photos, their installation and the training are
+described in `hasmap_jax.training`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  hasmap train-quality --photo-root /opt/hasmap-photos --force
+      train (about 15 minutes on 2 CPU cores) and replace weights/default
+  hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
+      re-print the held-out evaluation of a checkpoint
+
+The photos come from installed packages (see hasmap_jax.training.photos); the run is seeded.
+exit status: 0 done, 2 --out exists without --force (nothing written) or another usage error.
+"""
+
+
+def register(subparsers) -> None:
+    from hasmap_jax.training import train
+    from hasmap_jax.weights.loading import weights_dir
+
+    d, (patches, full) = train.TrainConfig(), train.DEFAULT_PHASES
+    p = subparsers.add_parser(
+        "train-quality",
+        help="train the shipped default quality model (a small KonCept512) on licensed photos",
+        description=train.__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--photo-root",
+        action="append",
+        default=[],
+        help="folder with pip --target photo packages, or a prefix for Debian files (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=weights_dir() / "default", help="checkpoint directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on held-out photos"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--steps", type=int, default=patches.steps, help="steps on patches")
+    p.add_argument("--batch-size", type=int, default=patches.batch_size, help="batch on patches")
+    p.add_argument("--patch", type=int, nargs=2, default=patches.crop, metavar=("H", "W"))
+    p.add_argument("--full-steps", type=int, default=full.steps, help="final steps on 384x512 views")
+    p.add_argument("--full-batch-size", type=int, default=full.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--pair-weight", type=float, default=d.pair_weight, help="weight of the within-view difference loss")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--huber-delta", type=float, default=d.huber_delta)
+    p.add_argument("--group", type=int, default=d.group, help="versions of each view per batch (1 clean)")
+    p.add_argument("--eval-views", type=int, default=d.eval_views)
+    p.set_defaults(func=run)
+
+
+def _phases(args: argparse.Namespace):
+    """The patch phase and the whole-view phase; one given 0 steps is left out."""
+    from hasmap_jax.training.train import Phase
+
+    phases = (Phase(args.steps, args.batch_size, tuple(args.patch)), Phase(args.full_steps, args.full_batch_size, None))
+    return tuple(p for p in phases if p.steps > 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains and writes --out (or, with --evaluate, prints a checkpoint's held-out evaluation)."""
+    from hasmap_jax.training.train import TrainConfig, evaluate_checkpoint, format_report, train_default_model
+
+    if args.evaluate is not None:
+        report = evaluate_checkpoint(args.evaluate, args.photo_root, views=args.eval_views)
+        print(format_report(report))
+        return 0
+    out = args.out.expanduser().absolute()
+    if out.exists() and not args.force:
+        print(f"{out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        seed=args.seed,
+        phases=_phases(args),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        huber_delta=args.huber_delta,
+        pair_weight=args.pair_weight,
+        group=args.group,
+        eval_views=args.eval_views,
+    )
+    command = shlex.join(["hasmap", *getattr(args, "argv", sys.argv[1:])])  # `main` sets args.argv
+    train_default_model(out, args.photo_root, config, force=args.force, command=command)
+    return 0
