@@ -266,6 +266,22 @@ def _to_rgb(
     return (im if mode == "RGB" else im.convert("RGB")), None, icc
 
 
+@contextlib.contextmanager
+def _decoding(name: str, max_pixels: int):
+    """Decoding inside: Pillow's bomb limit at `max_pixels`, and its errors as `ImageReadError`."""
+    try:
+        with _pillow_limits(max_pixels):
+            yield
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{name}: refused by the decompression-bomb guard ({e})", kind="too-large") from None
+    except Exception as e:  # truncated data, broken compression streams, ...
+        raise ImageReadError(
+            f"{name}: truncated or corrupt image data ({type(e).__name__}: {e})", kind="corrupt"
+        ) from None
+
+
 def read_image(
     path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
 ) -> LoadedImage:
@@ -295,25 +311,16 @@ def read_image(
         if frames > 1:
             notes.append(f"warning: {frames} frames (animated or multi-page); only the first frame is protected")
             im.seek(0)
-        try:
-            with _pillow_limits(max_pixels):
-                im.load()
-                exif = im.getexif()
-                orientation = _orientation(im)
-                upright = ImageOps.exif_transpose(im) if orientation != 1 else im
-                if upright is not im:
-                    notes.append(f"EXIF orientation {orientation} applied (pixels turned upright)")
-                icc = im.info.get("icc_profile") or None
-                rgb_im, alpha, icc = _to_rgb(upright, icc, notes)
-                rgb = np.array(rgb_im.convert("RGB"), dtype=np.uint8)
-        except ImageReadError:
-            raise
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageReadError(f"{name}: refused by the decompression-bomb guard ({e})", kind="too-large") from None
-        except Exception as e:  # truncated data, broken compression streams, ...
-            raise ImageReadError(
-                f"{name}: truncated or corrupt image data ({type(e).__name__}: {e})", kind="corrupt"
-            ) from None
+        with _decoding(name, max_pixels):
+            im.load()
+            exif = im.getexif()
+            orientation = _orientation(im)
+            upright = ImageOps.exif_transpose(im) if orientation != 1 else im
+            if upright is not im:
+                notes.append(f"EXIF orientation {orientation} applied (pixels turned upright)")
+            icc = im.info.get("icc_profile") or None
+            rgb_im, alpha, icc = _to_rgb(upright, icc, notes)
+            rgb = np.array(rgb_im.convert("RGB"), dtype=np.uint8)
         exif_bytes = None
         if len(exif):
             try:
@@ -339,16 +346,9 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     name = str(path)
     with _open(path, max_pixels) as im:
         _check_size(name, im.size[1], im.size[0], max_pixels, min_side)
-        try:
-            with _pillow_limits(max_pixels):
-                im.load()
-                upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageReadError(f"{name}: refused by the decompression-bomb guard ({e})", kind="too-large") from None
-        except Exception as e:  # truncated data, broken compression streams, ...
-            raise ImageReadError(
-                f"{name}: truncated or corrupt image data ({type(e).__name__}: {e})", kind="corrupt"
-            ) from None
+        with _decoding(name, max_pixels):
+            im.load()
+            upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
         yield upright
 
 

@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = load_quality_model(args.model)
         sensitivity = resolve_sensitivity(args.sensitivity)
-        sens_id = args.sensitivity if isinstance(sensitivity, str) else model_identity(args.sensitivity, sensitivity)
+        named = args.sensitivity in ("default", "uniform")
+        sens_id = args.sensitivity if named else model_identity(args.sensitivity, sensitivity)
         settings = dataclasses.replace(settings_from_args(args, model_identity(args.model, model)), sensitivity=sens_id)
     except (UsageError, WeightError, FileNotFoundError, ValueError) as e:
         print(f"hasmap protect: error: {e}", file=err)
