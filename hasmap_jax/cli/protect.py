@@ -63,9 +63,25 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files and folders (folders are walked recursively)"
+        "inputs", nargs="*", metavar="INPUT", help="image files and folders (folders are walked recursively)"
     )
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    p.add_argument(
+        "--files-from",
+        metavar="LIST",
+        help="also protect the files listed in LIST, one path per line ('-': standard input); relative "
+        "paths keep their folders under OUTDIR",
+    )
+    d = p.add_argument_group("multi-process jobs (TPU pod slices, GPU clusters, several processes on one machine)")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a job of several processes (jax.distributed): started with the same arguments on every "
+        "process; without the next three options JAX detects the job (TPU pod slice, SLURM, Open MPI)",
+    )
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (with --distributed)")
+    d.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job (with --distributed)")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1 (with --distributed)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", choices=list(PRESETS), help=f"protection strength (default: {DEFAULT_PRESET})")
     g.add_argument("--alpha", type=float, help="the attack's trade-off alpha (smaller = stronger, more visible)")
@@ -150,15 +166,45 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
     return ProtectSettings.from_preset(args.preset or DEFAULT_PRESET, **overrides)
 
 
+def _listed(spec: str | None) -> list[str]:
+    """The paths of --files-from: one per line, blank lines skipped ('-': standard input)."""
+    if spec is None:
+        return []
+    if spec == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with open(spec, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def _join(args: argparse.Namespace):
+    """The job's `Team` (after `jax.distributed.initialize`), or None without --distributed."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed:
+        if any(v is not None for v in given):
+            raise ValueError("--coordinator, --num-processes and --process-id go with --distributed")
+        return None
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise ValueError("give all of --coordinator, --num-processes and --process-id, or none (auto-detect)")
+    from hasmap_jax.runtime import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return distributed.Team.from_jax()
+
+
 def run(args: argparse.Namespace) -> int:
-    """Protects the photos, printing failures and notes as they come and a summary at the end."""
-    from hasmap_jax.protect import ProtectInterrupted, UsageError, model_identity, plan, protect_paths
+    """Protects the photos, printing failures and notes as they come and a summary at the end
+    (in a job of several processes: process 0 prints the job's summary)."""
+    from hasmap_jax.protect import FolderLocked, ProtectInterrupted, UsageError, model_identity, plan, protect_paths
     from hasmap_jax.weights.conversion.common import WeightError
 
     err = sys.stderr
     try:
+        listed = _listed(args.files_from)
+        if not args.inputs and not listed:
+            raise UsageError("no inputs: name files or folders, or --files-from LIST")
+        team = _join(args)  # first: settings resolve "auto" precision through the JAX backend
         # Check the request before loading anything heavy.
-        plan(args.inputs, args.output, settings_from_args(args, args.model))
+        plan(args.inputs, args.output, settings_from_args(args, args.model), listed=listed)
         compile_cache.from_args(args)
         from hasmap_jax.sensitivity import resolve_sensitivity
         from hasmap_jax.weights.loading import load_quality_model  # looked up now: tests replace it
@@ -168,13 +214,14 @@ def run(args: argparse.Namespace) -> int:
         named = args.sensitivity in ("default", "uniform")
         sens_id = args.sensitivity if named else model_identity(args.sensitivity, sensitivity)
         settings = dataclasses.replace(settings_from_args(args, model_identity(args.model, model)), sensitivity=sens_id)
-    except (UsageError, WeightError, FileNotFoundError, ValueError) as e:
+    except (UsageError, WeightError, FileNotFoundError, ValueError, OSError) as e:
         print(f"hasmap protect: error: {e}", file=err)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hasmap protect: interrupted before any photo was written", file=err)
         return EXIT_INTERRUPTED
 
+    lead = team is None or team.index == 0
     try:
         with photo_progress("protect", quiet=args.quiet) as bar:
 
@@ -195,13 +242,17 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=bar,
                 on_result=on_result,
+                team=team,
+                listed=listed,
             )
-    except UsageError as e:
+    except (UsageError, FolderLocked) as e:
         print(f"hasmap protect: error: {e}", file=err)
         return EXIT_USAGE
     except ProtectInterrupted as e:
         print(e.summary.text(), file=err)
         return EXIT_INTERRUPTED
-    print(summary.text())
-    print(f"outputs in {args.output} (manifest: {args.output / 'hasmap-manifest.jsonl'}); {summary.seconds:.0f} s")
+    if lead:
+        print(summary.text())
+        manifest = args.output / ("hasmap-manifest.jsonl" if team is None else "hasmap-manifest*.jsonl")
+        print(f"outputs in {args.output} (manifest: {manifest}); {summary.seconds:.0f} s")
     return summary.exit_code

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hasmap_jax.files import find_images
-from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, recorded_outputs
+from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, manifest_files, recorded_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +42,12 @@ def _key(path: Path, root: Path) -> str:
 
 
 def manifest_settings(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The settings of the last section of `folder/hasmap-manifest.jsonl`, or None."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
+    """The settings of the latest section of `folder`'s manifest (every `hasmap-manifest*.jsonl`
+    part of it, as a multi-process run writes them), or None."""
+    if not manifest_files(folder):
         return None
     try:
-        return Manifest(path).settings
+        return Manifest(Path(folder) / MANIFEST_NAME).settings
     except (ValueError, KeyError, OSError):
         return None
 

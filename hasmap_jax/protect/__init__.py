@@ -2,10 +2,20 @@
 
   settings   presets and `ProtectSettings` (everything that decides the output bytes)
   manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
-  runner     `protect_paths`: plan the outputs, batch photos by size, attack, write atomically
+  lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
+  runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
+             processes of a job, attack, write atomically
 """
 
-from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, recorded_outputs
+from hasmap_jax.protect.lock import FolderLock, FolderLocked
+from hasmap_jax.protect.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    manifest_files,
+    model_identity,
+    part_name,
+    recorded_outputs,
+)
 from hasmap_jax.protect.runner import FileResult, ProtectInterrupted, ProtectSummary, plan, protect_paths
 from hasmap_jax.protect.settings import (
     DEFAULT_PRESET,
@@ -23,6 +33,8 @@ __all__ = [
     "PRESETS",
     "PROTOCOL_JPEG_QUALITY",
     "FileResult",
+    "FolderLock",
+    "FolderLocked",
     "Manifest",
     "Preset",
     "ProtectInterrupted",
@@ -30,7 +42,9 @@ __all__ = [
     "ProtectSummary",
     "SettingsMismatch",
     "UsageError",
+    "manifest_files",
     "model_identity",
+    "part_name",
     "plan",
     "protect_paths",
     "recorded_outputs",

@@ -36,11 +36,13 @@ into an output folder. What it promises:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import io
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,8 +62,10 @@ from hasmap_jax.files import (
     read_image,
     sha256_file,
 )
-from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, now, recorded_outputs
+from hasmap_jax.protect.lock import FolderLock, FolderLocked
+from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, now, part_name, recorded_outputs
 from hasmap_jax.protect.settings import ProtectSettings, UsageError
+from hasmap_jax.runtime.distributed import Team
 from hasmap_jax.sensitivity.maps import resolve_sensitivity
 
 
@@ -94,42 +98,66 @@ class FileResult:
         return bool(self.record.get("protected"))
 
 
+#: What `ProtectSummary.totals` counts, in this order (a job sums them over its processes).
+TOTALS = ("inputs", "ok", "done", "skipped", "failed", "written", "protected", "after_jpeg", "interrupted")
+
+
 @dataclasses.dataclass
 class ProtectSummary:
-    """All per-file results of a run, in input order, and whether it was interrupted."""
+    """This process's per-file results, in input order, and whether it was interrupted.
+
+    In a job of several processes, `results` are this process's share and `job_totals` the counts
+    summed over every process (`TOTALS`); `text()` and `exit_code` speak for the whole job.
+    """
 
     outdir: Path
     results: list[FileResult]
     interrupted: bool = False
     seconds: float = 0.0
+    job_totals: dict[str, int] | None = None
+    processes: int = 1
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
 
+    def totals(self) -> dict[str, int]:
+        """This process's counts (`TOTALS`)."""
+        written = [r for r in self.results if r.status in ("ok", "done")]
+        return {
+            "inputs": len(self.results),
+            **{s: self.count(s) for s in ("ok", "done", "skipped", "failed")},
+            "written": len(written),
+            "protected": sum(bool(r.protected) for r in written),
+            "after_jpeg": sum("protected_after_jpeg" in r.record for r in written),
+            "interrupted": int(self.interrupted),
+        }
+
     @property
     def exit_code(self) -> int:
-        """0: every input image has its output; 1: some were skipped or failed; 130: interrupted."""
-        if self.interrupted:
+        """0: every input image has its output; 1: some were skipped or failed; 130: interrupted
+        (over the whole job when there are several processes)."""
+        t = self.job_totals or self.totals()
+        if t["interrupted"]:
             return 130
-        return 1 if any(r.status in ("failed", "skipped") for r in self.results) else 0
+        return 1 if t["failed"] or t["skipped"] else 0
 
     def text(self) -> str:
-        """A few lines for people: counts, then every photo that needs attention."""
-        written = [r for r in self.results if r.status in ("ok", "done")]
-        low = sum(bool(r.protected) for r in written)
+        """A few lines for people: counts (the job's), then every photo of this process that needs attention."""
+        t = self.job_totals or self.totals()
         parts = [
-            f"{len(self.results)} input(s): {self.count('ok')} protected now, {self.count('done')} already done, "
-            f"{self.count('skipped')} skipped, {self.count('failed')} failed"
+            f"{t['inputs']} input(s): {t['ok']} protected now, {t['done']} already done, "
+            f"{t['skipped']} skipped, {t['failed']} failed"
+            + (f" ({self.processes} processes)" if self.processes > 1 else "")
         ]
-        if written:
-            check = "after JPEG" if any("protected_after_jpeg" in r.record for r in written) else "as saved"
-            parts.append(f"{low} of {len(written)} output(s) rated not high quality by the model ({check})")
+        if t["written"]:
+            check = "after JPEG" if t["after_jpeg"] else "as saved"
+            parts.append(f"{t['protected']} of {t['written']} output(s) rated not high quality by the model ({check})")
         for r in self.results:
             if r.status in ("skipped", "failed"):
                 parts.append(f"  {r.status}: {r.message}")
             elif r.protected is False:
                 parts.append(f"  NOT protected (still rated high): {r.input} -> {r.output}")
-        if self.interrupted:
+        if t["interrupted"]:
             parts.append("interrupted: rerun the same command to finish (finished photos are skipped)")
         return "\n".join(parts)
 
@@ -154,13 +182,22 @@ class _Job:
     collides_with: Path | None = None
 
 
-def plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, settings: ProtectSettings) -> list[_Job]:
+def plan(
+    inputs: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    settings: ProtectSettings,
+    *,
+    listed: Sequence[str] = (),
+) -> list[_Job]:
     """Input files and their output paths; raises `UsageError` before anything is written.
 
     Folders are walked recursively (image extensions only; hidden files, the output folder and the
     outputs its manifest records are left out, so protecting into the input folder with a suffix
     does not protect the outputs again on a rerun); files named directly are tried whatever their
-    extension.
+    extension and go to the top of the output folder. `listed` (`--files-from`) are files, one per
+    entry, that keep their relative path under the output folder (an absolute path, or one that
+    climbs out with "..", keeps only its name). Every process of a job gets the same list in the
+    same order.
     """
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -177,6 +214,12 @@ def plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, setting
             jobs.append(_job(p, Path(p.name), outdir, settings))
         else:
             raise UsageError(f"input {p}: no such file or folder")
+    for line in listed:
+        p = Path(line)
+        if not p.is_file():
+            raise UsageError(f"listed input {p}: no such file")
+        rel = Path(p.name) if p.is_absolute() or ".." in p.parts else p
+        jobs.append(_job(p, rel, outdir, settings))
     if not jobs:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
         raise UsageError(f"no image files in {', '.join(map(str, inputs))} (looked for {exts})")
@@ -219,6 +262,9 @@ def protect_paths(
     force: bool = False,
     progress: ProgressFn | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    team: Team | None = None,
+    io_workers: int = 2,
+    listed: Sequence[str] = (),
 ) -> ProtectSummary:
     """Protects photo files and folders into `outdir`; see the module docstring for the guarantees.
 
@@ -235,15 +281,23 @@ def protect_paths(
       progress: called as progress(done, total, note) as photos are attacked (photos to attack only;
         `done` is fractional inside a batch, which reports its steps in `note`).
       on_result: called with each `FileResult` as soon as it is known.
+      team: the processes of a multi-process job (`hasmap_jax.runtime.distributed.Team`): every
+        process calls this with the same arguments; each checks its round-robin share of the inputs,
+        attacks whole batches dealt to it, and appends to its own manifest part. Default: this
+        process alone.
+      listed: more input files, as `plan`'s `listed` (`--files-from`).
+      io_workers: threads that decode the next batch and encode and write outputs while the
+        attack runs (at most two batches of photos in memory at a time).
 
     Returns:
-      A `ProtectSummary`.
+      A `ProtectSummary` (with the job's totals when `team` has several processes).
 
     Raises:
-      UsageError / SettingsMismatch: before anything was written.
-      ProtectInterrupted: on Ctrl-C, after the running write finished or was removed.
+      UsageError / SettingsMismatch / FolderLocked: before anything was written.
+      ProtectInterrupted: on Ctrl-C, after the running writes finished or were removed.
     """
     settings = settings if settings is not None else ProtectSettings()
+    team = team if team is not None else Team()
     if model is not None:
         # Record the model that runs, not the name the settings were made with: a rerun with
         # another model object must not take these outputs for its own.
@@ -253,8 +307,38 @@ def protect_paths(
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     outdir = Path(outdir)
-    jobs = plan(inputs, outdir, settings)
-    manifest = Manifest(outdir / MANIFEST_NAME)
+    jobs = plan(inputs, outdir, settings, listed=listed)
+    lock = _take_lock(outdir, team)
+    try:
+        return _protect(
+            jobs, outdir, settings, model, sensitivity, batch_size, force, progress, on_result, team, io_workers
+        )
+    finally:
+        lock.release()
+
+
+def _take_lock(outdir: Path, team: Team) -> FolderLock:
+    """Process 0 takes the folder lock for the job (with a token all processes share); the others
+    check it is in place. A refusal on process 0 is raised on every process."""
+    token = team.broadcast(np.frombuffer(os.urandom(8), np.uint8)).tobytes().hex()
+    lock = FolderLock(outdir, token=token, processes=team.count)
+    message = ""
+    if team.index == 0:
+        try:
+            lock.acquire()
+        except FolderLocked as e:
+            message = str(e)
+    refused = team.broadcast(np.array([bool(message)]))[0]
+    if refused:
+        raise FolderLocked(message or f"{outdir}: process 0 of this job could not take the folder lock")
+    if team.index != 0:
+        lock.join()
+    return lock
+
+
+def _protect(jobs, outdir, settings, model, sensitivity, batch_size, force, progress, on_result, team, io_workers):
+    manifest = Manifest(outdir / MANIFEST_NAME, write_to=outdir / part_name(team.index, team.count))
+    team.barrier("hasmap-manifest-read")  # every process has read the parts before any writes
     manifest.start(settings.to_json(), force=force)
     if model is None:
         from hasmap_jax.weights.loading import load_quality_model
@@ -265,24 +349,33 @@ def protect_paths(
 
     t0 = time.monotonic()
     results: dict[int, FileResult] = {}
-    summary = ProtectSummary(outdir, [])
+    summary = ProtectSummary(outdir, [], processes=team.count)
+    finished = threading.Lock()
 
     def finish(i: int, r: FileResult) -> None:
-        results[i] = r
-        if on_result is not None:
-            on_result(r)
+        with finished:
+            results[i] = r
+            if on_result is not None:
+                on_result(r)
+
+    def close(interrupted: bool) -> None:
+        summary.results = [results[i] for i in sorted(results)]
+        summary.interrupted, summary.seconds = interrupted, time.monotonic() - t0
+        manifest.append({"type": "run", "finished": not interrupted, "time": now(), **_counts(summary)})
 
     try:
-        pending = _triage(jobs, manifest, settings, force, finish)
-        _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_size, progress, finish)
+        mine = _triage(jobs, manifest, settings, force, finish, team)
+        sizes = _pending_sizes(len(jobs), mine, team)
+        dealt, owners = _deal(_batches(sizes, batch_size), team.count)
+        batches = [b for b, owner in zip(dealt, owners, strict=True) if owner == team.index]
+        _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers)
     except KeyboardInterrupt:
-        summary.results = [results[i] for i in sorted(results)]
-        summary.interrupted, summary.seconds = True, time.monotonic() - t0
-        manifest.append({"type": "run", "finished": False, "time": now(), **_counts(summary)})
+        close(True)
         raise ProtectInterrupted(summary) from None
-    summary.results = [results[i] for i in sorted(results)]
-    summary.seconds = time.monotonic() - t0
-    manifest.append({"type": "run", "finished": True, "time": now(), **_counts(summary)})
+    close(False)
+    if team.count > 1:
+        totals = team.sum(np.array([summary.totals()[k] for k in TOTALS], np.int64))
+        summary.job_totals = dict(zip(TOTALS, (int(v) for v in totals), strict=True))
     return summary
 
 
@@ -290,10 +383,12 @@ def _counts(summary: ProtectSummary) -> dict[str, int]:
     return {s: summary.count(s) for s in ("ok", "done", "skipped", "failed")}
 
 
-def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, finish) -> dict[int, tuple]:
-    """Finishes what needs no attack (done, collisions, unreadable); returns {index: (sha, (h, w))}."""
+def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, finish, team: Team) -> dict[int, tuple]:
+    """Finishes what needs no attack (done, collisions, unreadable) in this process's round-robin
+    share of the jobs; returns that share's photos to attack, {index: (sha, (h, w))}."""
     pending: dict[int, tuple] = {}
-    for i, job in enumerate(jobs):
+    for i in range(team.index, len(jobs), team.count):
+        job = jobs[i]
         if job.collides_with is not None:
             msg = (
                 f"{job.src}: its output {job.rel_out} is already the output of {job.collides_with}; rename "
@@ -333,6 +428,48 @@ def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, fi
     return pending
 
 
+def _pending_sizes(n: int, mine: dict[int, tuple], team: Team) -> dict[int, tuple[int, int]]:
+    """{job index: (h, w)} of every photo to attack, over all processes' shares (one gather of
+    about 12 bytes per photo, whatever the process count)."""
+    share = -(-n // team.count)
+    local = np.zeros((share, 3), np.int64)
+    for i, (_, (h, w)) in mine.items():
+        local[i // team.count] = (1, h, w)
+    every = team.allgather(local)  # (count, share, 3): process p's k-th job is job k * count + p
+    return {
+        k * team.count + p: (int(every[p, k, 1]), int(every[p, k, 2]))
+        for k in range(share)
+        for p in range(team.count)
+        if every[p, k, 0]
+    }
+
+
+def _batches(sizes: dict[int, tuple[int, int]], batch_size: int) -> list[tuple[tuple[int, int], list[int], int]]:
+    """(size, job indices, rows) per batch: one compiled program per photo size, a size's photos in
+    as few batches as `batch_size` allows, made as even as possible (6 photos at 4: 3 + 3); a last,
+    smaller batch is padded to its size's `rows` rather than compiling a program of its own."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in sorted(sizes):  # in input order: sizes in order of first appearance
+        groups.setdefault(sizes[i], []).append(i)
+    batches = []
+    for size, idx in groups.items():
+        rows = -(-len(idx) // -(-len(idx) // batch_size))  # ceil(n / ceil(n / batch_size))
+        batches += [(size, idx[k : k + rows], rows) for k in range(0, len(idx), rows)]
+    return batches
+
+
+def _deal(batches: list, count: int) -> tuple[list, list[int]]:
+    """Deals whole batches to processes, each to the one with the fewest photos so far (the lowest
+    index on ties): every process computes the same deal, and its batches stay full."""
+    load = [0] * count
+    owners = []
+    for _, idx, _ in batches:
+        p = min(range(count), key=lambda q: (load[q], q))
+        load[p] += len(idx)
+        owners.append(p)
+    return batches, owners
+
+
 def _problem(manifest: Manifest, job: _Job, message: str, *, status: str = "failed", kind: str = "") -> FileResult:
     """A skipped or failed file: recorded in the manifest (for the record; it is retried on a rerun)."""
     manifest.append(
@@ -353,21 +490,14 @@ def _unreadable(manifest: Manifest, job: _Job, e: ImageReadError) -> FileResult:
     return _problem(manifest, job, str(e), status="skipped" if e.skip else "failed", kind=e.kind)
 
 
-def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_size, progress, finish) -> None:
+def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers) -> None:
+    """Attacks this process's batches, decoding the next batch and writing the last one's outputs
+    in `io_workers` threads meanwhile (at most the running batch, the next one and the last one's
+    outputs in memory)."""
     from hasmap_jax.attack import attack_batch
 
-    # Group by upright size (one compiled program each), in order of first appearance.
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (_, size) in pending.items():
-        groups.setdefault(size, []).append(i)
-    # One compiled program per photo size: a size's photos are split into as few batches as
-    # batch_size allows, made as even as possible (6 photos, batch size 4: 3 + 3), and a last,
-    # smaller batch is padded to the size's batch instead of compiling a program of its own.
-    batches = []
-    for size, idx in groups.items():
-        rows = -(-len(idx) // -(-len(idx) // batch_size))  # ceil(n / ceil(n / batch_size))
-        batches += [(size, idx[k : k + rows], rows) for k in range(0, len(idx), rows)]
-    total, done = len(pending), 0
+    total = sum(len(idx) for _, idx, _ in batches)
+    done = 0
     seen_sizes: set[tuple[int, int]] = set()
     kwargs: dict[str, Any] = dict(
         model=model,
@@ -386,34 +516,61 @@ def _run_batches(jobs, pending, manifest, settings, model, sensitivity, batch_si
         kwargs["confidence"] = settings.confidence
     if progress is not None:
         progress(0, total, "")
-    for b, (size, idx, rows) in enumerate(batches):
-        loaded = []
+
+    def load(idx: list[int]) -> list[tuple[int, Any, str]]:
+        out = []
         for i in idx:
             job = jobs[i]
             try:
-                img = read_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side)
+                sha = mine[i][0] if i in mine else sha256_file(job.src)  # another process checked it
+                out.append((i, read_image(job.src, max_pixels=settings.max_pixels, min_side=settings.min_side), sha))
             except ImageReadError as e:
                 finish(i, _unreadable(manifest, job, e))
-                continue
-            loaded.append((i, img))
-        # A photo whose decoded size differs from the probe (a PNG orientation stored after its
-        # pixels, or a file replaced meanwhile) goes alone.
-        parts = [[x for x in loaded if x[1].size == size]] + [[x] for x in loaded if x[1].size != size]
-        for part in parts:
-            if not part:
-                continue
-            s = part[0][1].size
-            if progress is not None and s not in seen_sizes:
-                progress(done, total, f"compiling for {s[1]}x{s[0]}")
-            seen_sizes.add(s)
-            if progress is not None:
-                label = f"batch {b + 1}/{len(batches)}"
-                kwargs["progress"] = functools.partial(_step_progress, progress, done, len(idx), total, label)
-            pad_to = rows if part is parts[0] else 0
-            _attack_and_write(jobs, pending, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
-        done += len(idx)
-        if progress is not None:
-            progress(done, total, "")
+            except OSError as e:
+                finish(i, _problem(manifest, job, f"{job.src}: cannot read ({e.strerror or e})", kind="unreadable"))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, io_workers), thread_name_prefix="hasmap-io") as pool:
+        writes: list[concurrent.futures.Future] = []
+        try:
+            upcoming = pool.submit(load, batches[0][1]) if batches else None
+            for b, (size, idx, rows) in enumerate(batches):
+                loaded = upcoming.result()
+                upcoming = pool.submit(load, batches[b + 1][1]) if b + 1 < len(batches) else None
+                # A photo whose decoded size differs from the probe (a PNG orientation stored after
+                # its pixels, or a file replaced meanwhile) goes alone.
+                parts = [[x for x in loaded if x[1].size == size]] + [[x] for x in loaded if x[1].size != size]
+                for part in parts:
+                    if not part:
+                        continue
+                    s = part[0][1].size
+                    if progress is not None and s not in seen_sizes:
+                        progress(done, total, f"compiling for {s[1]}x{s[0]}")
+                    seen_sizes.add(s)
+                    if progress is not None:
+                        label = f"batch {b + 1}/{len(batches)}"
+                        kwargs["progress"] = functools.partial(_step_progress, progress, done, len(idx), total, label)
+                    pad_to = rows if part is parts[0] else 0
+                    res = _attack(jobs, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
+                    for w in writes:  # the previous batch's outputs are on disk before the next is queued
+                        w.result()
+                    # One task writes the batch's photos in order: an error (or Ctrl-C) while writing
+                    # one leaves the photos after it unwritten rather than racing on.
+                    if res is not None:
+                        writes = [pool.submit(_write_all, jobs, part, res, manifest, settings, finish)]
+                    else:
+                        writes = []
+                done += len(idx)
+                if progress is not None:
+                    progress(done, total, "")
+            for w in writes:
+                w.result()
+        except BaseException:
+            if upcoming is not None:
+                upcoming.cancel()
+            for w in writes:  # a write in progress completes (record first, then the file)
+                w.cancel()
+            raise
 
 
 def _step_progress(progress, base: int, share: int, total: int, label: str, k: int, n: int) -> None:
@@ -421,58 +578,64 @@ def _step_progress(progress, base: int, share: int, total: int, label: str, k: i
     progress(base + share * k / n, total, f"{label}, step {k}/{n}")
 
 
-def _attack_and_write(jobs, pending, loaded, manifest, settings, attack_batch, kwargs, finish, rows=0) -> None:
-    """Attacks one batch of same-size photos and writes each output (record first, then the file).
-
-    A batch of fewer than `rows` photos is padded with copies of its last photo (results dropped),
-    so that it runs the program already compiled for full batches of that size."""
+def _attack(jobs, loaded, manifest, settings, attack_batch, kwargs, finish, rows=0):
+    """Attacks one batch of same-size photos; None (each photo recorded as failed) where the attack
+    could not run. A batch of fewer than `rows` photos is padded with copies of its last photo
+    (results dropped), so that it runs the program already compiled for full batches of that size."""
     rgb = []
-    for _, img in loaded:
+    for _, img, _ in loaded:
         x = img.rgb
         if img.alpha is not None and settings.format == "jpeg":
             x = composite_on_white(x, img.alpha)  # what the JPEG will hold
         rgb.append(x)
     rgb += rgb[-1:] * (rows - len(rgb))
     try:
-        res = attack_batch(np.stack(rgb), settings.alpha, **kwargs)
+        return attack_batch(np.stack(rgb), settings.alpha, **kwargs)
     except (ValueError, MemoryError, jax.errors.JaxRuntimeError) as e:
         # What a photo can cause: a size the model cannot take (ValueError), running out of host
         # or device memory (RESOURCE_EXHAUSTED). Programming errors surface instead.
-        for i, _ in loaded:
+        for i, _, _ in loaded:
             msg = f"{jobs[i].src}: the attack failed ({type(e).__name__}: {e})"
             finish(i, _problem(manifest, jobs[i], msg, kind="attack"))
-        return
-    for k, (i, img) in enumerate(loaded):
-        job = jobs[i]
-        buf = io.BytesIO()
-        encode_image(
-            buf,
-            res.images[k],
-            format=settings.format,
-            quality=settings.quality,
-            alpha=img.alpha,
-            exif=img.exif if settings.keep_metadata else None,
-            icc_profile=None if settings.strip_icc else img.icc_profile,
-        )
-        data = buf.getvalue()
-        record = {
-            "type": "file",
-            "input": str(job.src),
-            "output": job.rel_out,
-            "input_sha256": pending[i][0],
-            "output_sha256": hashlib.sha256(data).hexdigest(),
-            "status": "ok",
-            "size": list(img.size),
-            "notes": list(img.notes),
-            "time": now(),
-            **_metrics(res, k, settings),
-        }
-        # The record goes first: if we are stopped before the file is in place, the rerun finds the
-        # output missing (or its digest different), redoes it, and knows the path is ours to replace.
-        manifest.append(record)
-        with atomic_output(job.out) as f:
-            f.write(data)
-        finish(i, FileResult(job.src, job.out, "ok", notes=img.notes, record=record))
+        return None
+
+
+def _write_all(jobs, part, res, manifest, settings, finish) -> None:
+    for k, (i, img, sha) in enumerate(part):
+        _write(i, jobs[i], img, sha, res, k, manifest, settings, finish)
+
+
+def _write(i, job, img, sha, res, k, manifest, settings, finish) -> None:
+    """Encodes one protected photo and writes it: the manifest record first, then the file."""
+    buf = io.BytesIO()
+    encode_image(
+        buf,
+        res.images[k],
+        format=settings.format,
+        quality=settings.quality,
+        alpha=img.alpha,
+        exif=img.exif if settings.keep_metadata else None,
+        icc_profile=None if settings.strip_icc else img.icc_profile,
+    )
+    data = buf.getvalue()
+    record = {
+        "type": "file",
+        "input": str(job.src),
+        "output": job.rel_out,
+        "input_sha256": sha,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+        "status": "ok",
+        "size": list(img.size),
+        "notes": list(img.notes),
+        "time": now(),
+        **_metrics(res, k, settings),
+    }
+    # The record goes first: if we are stopped before the file is in place, the rerun finds the
+    # output missing (or its digest different), redoes it, and knows the path is ours to replace.
+    manifest.append(record)
+    with atomic_output(job.out) as f:
+        f.write(data)
+    finish(i, FileResult(job.src, job.out, "ok", notes=img.notes, record=record))
 
 
 def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:

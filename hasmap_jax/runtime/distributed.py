@@ -36,7 +36,44 @@ def process_indices(n: int) -> np.ndarray:
 
 def global_sum(values: np.ndarray) -> np.ndarray:
     """The element-wise sum of `values` over all processes (each process passes the same shape)."""
-    from jax.experimental import multihost_utils
+    return Team.from_jax().sum(values)
 
-    gathered = multihost_utils.process_allgather(np.asarray(values))
-    return np.asarray(gathered).reshape(jax.process_count(), *np.shape(values)).sum(axis=0)
+
+class Team:
+    """The processes of one job, as `hasmap protect` uses them: who am I, how many are we, and the
+    few collective steps a job needs (gather, sum, wait for all). `Team()` is a job of one process,
+    where each step is local; `Team.from_jax()` is the job `initialize` joined."""
+
+    def __init__(self, index: int = 0, count: int = 1):
+        if not 0 <= index < count:
+            raise ValueError(f"process {index} of {count}: the index must be in 0 .. {count - 1}")
+        self.index, self.count = index, count
+
+    @classmethod
+    def from_jax(cls) -> Team:
+        return cls(jax.process_index(), jax.process_count())
+
+    def allgather(self, values: np.ndarray) -> np.ndarray:
+        """(count, *shape): every process's `values`, in process order (each passes the same shape)."""
+        values = np.asarray(values)
+        if self.count == 1:
+            return values[None]
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather(values)
+        return np.asarray(gathered).reshape(self.count, *values.shape)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """The element-wise sum of `values` over the processes."""
+        return self.allgather(values).sum(axis=0)
+
+    def broadcast(self, values: np.ndarray) -> np.ndarray:
+        """Process 0's `values`, on every process."""
+        return self.allgather(values)[0]
+
+    def barrier(self, name: str) -> None:
+        """Returns once every process has reached the barrier of this name."""
+        if self.count > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
