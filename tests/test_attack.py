@@ -425,3 +425,149 @@ def test_search_returns_a_bisected_alpha(batch):
     # Each alpha tried is 1 / c with c from x10 steps (1e-3, 1e-2, ...) or their midpoints: a
     # bisected one is not a power of ten.
     assert any(not np.isclose(np.log10(a), np.round(np.log10(a))) for a in r.alpha), r.alpha
+
+
+# ---------------------------------------------------------------- robustness profiles (EOT)
+
+
+def smooth_and_noisy_toy():
+    """A toy model whose plain attack is fragile: large per-pixel noise weights (what a plain
+    attack exploits, and resizing, blur, JPEG or a flip destroy) on top of a smooth component that
+    is the same mirrored left to right (what survives them)."""
+    from conftest import ToyQuality
+
+    yy = np.linspace(0, 1, H)[:, None, None]
+    smooth = (1.0 + 0.5 * np.cos(np.pi * yy)) * np.ones((H, W, 3))
+    noise = np.random.RandomState(4).randn(H, W, 3)
+    return ToyQuality(jnp.asarray((2e-3 * smooth + 3e-3 * noise).astype(np.float32)))
+
+
+def test_robust_jpeg90_profile_is_robust_jpeg(batch):
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+    old = A.attack_batch(x, 0.1, model=model, steps=30, robust_jpeg=90)
+    new = A.attack_batch(x, 0.1, model=model, steps=30, robust="jpeg90")
+    np.testing.assert_array_equal(old.images, new.images)
+    np.testing.assert_array_equal(old.score_after_jpeg, new.score_after_jpeg)
+    assert old.checkpoints == new.checkpoints == ("jpeg90",)
+    np.testing.assert_array_equal(new.scores_after_checkpoints[:, 0], new.score_after_jpeg)
+    np.testing.assert_array_equal(new.success_after_checkpoints[:, 0], new.success_after_jpeg)
+    plain = A.attack_batch(x, 0.1, model=model, steps=5, robust="off")
+    assert plain.checkpoints is None and plain.scores_after_checkpoints is None and plain.score_after_jpeg is None
+    with pytest.raises(ValueError, match="not both"):
+        A.attack_batch(x, 0.1, model=model, steps=1, robust="web", robust_jpeg=90)
+    with pytest.raises(ValueError, match="robust: expected one of"):
+        A.attack_batch(x, 0.1, model=model, steps=1, robust="instagram")
+
+
+def test_web_profile_survives_what_the_plain_attack_does_not(batch):
+    """Judged after the real operations: the plain and the JPEG-90 attacks lose most checkpoints,
+    the web profile keeps every one; and each checkpoint's score is the model's on that Pillow
+    operation, done here by hand."""
+    from PIL import Image, ImageFilter
+
+    from hasmap_jax.transforms.views import fit_view_np
+
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+
+    def by_hand(images):
+        def each(f):
+            return np.stack([np.asarray(f(Image.fromarray(im))) for im in images])
+
+        def jpeg(im, q):
+            import io
+
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=q)
+            return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+        bic = Image.Resampling.BICUBIC
+        outs = [
+            each(lambda im: jpeg(im, 90)),
+            each(lambda im: jpeg(im, 75)),
+            each(lambda im: jpeg(im, 50)),
+            each(lambda im: jpeg(im.resize((24, 18), bic), 75)),
+            each(lambda im: jpeg(im.resize((16, 12), bic), 85)),
+            each(lambda im: im.filter(ImageFilter.GaussianBlur(1))),
+            each(lambda im: im.crop((1, 1, 30, 23)).resize((W, H), bic)),  # 29x22 of 32x24, centred
+            each(lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        ]
+        return np.stack([np.asarray(model.apply(fit_view_np(o / 255.0, (H, W)))) for o in outs], axis=1)
+
+    web = A.attack_batch(x, 0.1, model=model, steps=100, robust="web")
+    assert web.checkpoints == (
+        "jpeg90",
+        "jpeg75",
+        "jpeg50",
+        "resize0.75+jpeg75",
+        "resize0.5+jpeg85",
+        "blur1",
+        "crop0.9",
+        "flip",
+    )
+    np.testing.assert_allclose(web.scores_after_checkpoints, by_hand(web.images), rtol=1e-5)
+    assert web.success_after_checkpoints.all() and web.success.all() and (web.kept == "margin").all()
+    assert web.score_after_jpeg is None and web.scores_jpeg_chain is None  # not a JPEG-chain profile
+    for robust in (None, "jpeg90"):
+        other = A.attack_batch(x, 0.1, model=model, steps=100, robust=robust)
+        assert other.success.all()
+        assert (by_hand(other.images) > 50).mean() > 0.5, robust  # most checkpoints undo it
+
+
+def test_host_loop_equals_device_loop_with_eot_draws(batch):
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+    # Four chains: three groups, one of each drawn per step inside the compiled step.
+    kw = dict(model=model, steps=60, robust="resize0.75,blur1,flip,crop0.9", sensitivity="uniform")
+    host = A.attack_batch(x, 0.05, loop="host", **kw)
+    device = A.attack_batch(x, 0.05, loop="device", **kw)
+    np.testing.assert_array_equal(host.images, device.images)
+    np.testing.assert_array_equal(host.steps, device.steps)
+    np.testing.assert_array_equal(host.kept, device.kept)
+    assert (host.kept == "margin").all() and (host.steps < 60).all()  # successes found, early stops taken
+    assert host.checkpoints == ("resize0.75", "blur1", "flip", "crop0.9")
+    np.testing.assert_array_equal(host.scores_after_checkpoints, device.scores_after_checkpoints)
+    with count_compiles() as compiles:  # the draw is traced: a second call compiles nothing
+        A.attack_batch(x[::-1].copy(), 0.07, loop="host", **kw)
+    assert compiles() == 0
+
+
+def test_eot_draw_follows_the_step_and_success_needs_every_drawable_chain(batch):
+    """Each step scores the chains `EOT.draw(step)` picks (replayed here), and an iterate counts as
+    a success only when every drawable chain passed the last time it was drawn."""
+    from hasmap_jax.transforms.profiles import resolve_profile
+
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+    eot = resolve_profile("resize0.75,blur1,flip,crop0.9,resize0.5").eot  # groups of 2, 2, 1
+    plan = L.Plan(steps=0, search_steps=1, optimizer=None, check_every=1000, view_size=None, jpeg_chain=(), eot=eot)
+    args = (
+        jnp.asarray(x),
+        jnp.ones((3, H, W)),
+        jnp.full((3,), 0.05),
+        jnp.float32(50),
+        jnp.float32(0),
+        jnp.float32(0.01),
+    )
+    begin = jax.jit(L.begin, static_argnames="plan")
+    step = jax.jit(L.batch_step, static_argnames="plan")
+    state, _ = begin(model, *args, plan=plan)
+    assert np.isinf(np.asarray(state.drawn)).all() and state.drawn.shape == (3, 5)
+    seen = set()
+    for i in range(3):
+        state = step(model, state, jnp.int32(i), *args, plan=plan)
+        seen |= {int(o + d) for o, d in zip(eot.group_offsets, np.asarray(eot.draw(jnp.int32(i))), strict=True)}
+        np.testing.assert_array_equal(np.isfinite(np.asarray(state.drawn[0])), [k in seen for k in range(5)])
+    assert len(seen) < 5  # not every chain drawn yet: no success can have been counted
+    assert not np.asarray(state.found).any() and np.isinf(np.asarray(state.best_dist)).all()
+    # Every chain passed when last drawn: now this step's success counts ...
+    at = state._replace(drawn=jnp.full_like(state.drawn, -jnp.inf))
+    easy = (*args[:3], jnp.float32(99.0), *args[4:])  # every view rated low
+    assert np.asarray(step(model, at, jnp.int32(3), *easy, plan=plan).found).all()
+    # ... but not while one chain failed when it was last drawn (one not drawn at this step).
+    drawn_now = set((eot.group_offsets + np.asarray(eot.draw(jnp.int32(3)))).tolist())
+    stale = next(k for k in range(5) if k not in drawn_now)
+    failing = at._replace(drawn=at.drawn.at[:, stale].set(1e3))
+    after = step(model, failing, jnp.int32(3), *easy, plan=plan)
+    assert not np.asarray(after.found).any() and np.isinf(np.asarray(after.best_dist)).all()

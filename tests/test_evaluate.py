@@ -17,6 +17,7 @@ from test_protect import save_photo, sized_toy
 from hasmap_jax import evaluation as E
 from hasmap_jax.cli import main as cli_main
 from hasmap_jax.evaluation import report
+from hasmap_jax.evaluation.protocol import attack_columns
 from hasmap_jax.transforms.jpeg import pillow_jpeg
 from hasmap_jax.transforms.views import fit_view_np
 
@@ -205,3 +206,106 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys):
     assert summary["outputs_missing_or_unusable"] == 1 and summary["accuracy"] == 0.75
     assert cli_main(["evaluate", str(o), str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert cli_main(["evaluate", str(o), str(p), "-o", str(p)]) == 2
+
+
+ATTACKS = "jpeg50,resize0.5,resize0.75+jpeg75,blur1,crop0.9,flip,webp80"
+
+
+def test_robustness_after_real_operations(tmp_path, model):
+    """Each operation is Pillow's, done here by hand; the shares count photos still rated high."""
+    import io
+
+    from PIL import ImageFilter
+
+    o, p, xs = _folders(tmp_path)
+    ev = E.evaluate(o, [p], model=model, lpips=False, attacks=ATTACKS)
+    names = ATTACKS.split(",")
+    assert ev.attacks == names and ev.config["attacks"] == names
+    h, w = model.input_size
+
+    def jpeg(im, q, fmt="JPEG"):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, quality=q)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    bic = Image.Resampling.BICUBIC
+    by_hand = {
+        "jpeg50": lambda im: jpeg(im, 50),
+        "resize0.5": lambda im: im.resize((w // 2, h // 2), bic),
+        "resize0.75+jpeg75": lambda im: jpeg(im.resize((round(w * 0.75), round(h * 0.75)), bic), 75),
+        "blur1": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
+        "crop0.9": lambda im: im.crop(
+            (
+                (w - round(0.9 * w)) // 2,
+                (h - round(0.9 * h)) // 2,
+                (w - round(0.9 * w)) // 2 + round(0.9 * w),
+                (h - round(0.9 * h)) // 2 + round(0.9 * h),
+            )
+        ).resize((w, h), bic),
+        "flip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "webp80": lambda im: jpeg(im, 80, "WEBP"),
+    }
+
+    def score(a):
+        view = fit_view_np(np.asarray(a)[None] / 255.0, (h, w))  # a downscaled photo: shown at the model's size
+        return float(model.apply(jnp.asarray(view))[0])
+
+    rows = {r["key"]: r for r in ev.runs[0].rows}
+    for key, x in xs.items():
+        with Image.open(p / f"{key}.png") as im:
+            y = im.convert("RGB")
+        for name in names:
+            expected = score(by_hand[name](y))
+            assert rows[key][f"score_protected_after_{name}"] == pytest.approx(expected, abs=1e-3), (key, name)
+            assert rows[key][f"high_after_{name}"] == (expected > 50)
+            original = score(by_hand[name](Image.fromarray(x)))
+            assert rows[key][f"score_original_after_{name}"] == pytest.approx(original, abs=1e-3)
+    table = ev.runs[0].summary["robustness"]
+    for name in names:
+        high = np.mean([rows[k][f"high_after_{name}"] for k in xs])
+        assert table[name]["high"] == pytest.approx(high) and table[name]["low"] == pytest.approx(1 - high)
+        assert table[name]["originals_high"] == pytest.approx(
+            np.mean([rows[k][f"score_original_after_{name}"] > 50 for k in xs])
+        )
+    assert table["flip"]["high"] < 1 and table["jpeg50"]["originals_high"] == 1.0  # "dark" stays low
+
+    out = tmp_path / "ev"
+    paths = E.write_results(ev, out)
+    with open(paths["csv"]) as f:
+        header = next(csv.reader(f))
+    assert header[: len(E.CSV_COLUMNS)] == list(E.CSV_COLUMNS)
+    assert header[len(E.CSV_COLUMNS) :] == [c for n in names for c in attack_columns(n)]
+    data = json.loads(paths["json"].read_text())
+    assert data["config"]["attacks"] == names and set(data["runs"][0]["summary"]["robustness"]) == set(names)
+    page = report.write_report(ev, out).read_text()
+    assert "<h2>Robustness</h2>" in page and all(f"<code>{html.escape(n)}</code>" in page for n in names)
+
+
+def test_robustness_counts_missing_outputs_as_high(tmp_path, model):
+    o, p, _ = _folders(tmp_path)
+    save_photo(o / "missing.png", seed=11)
+    ev = E.evaluate(o, [p], model=model, lpips=False, jpeg_quality=None, attacks="flip")
+    rows = ev.runs[0].rows
+    still_high = sum(r["high_after_flip"] for r in rows)
+    assert ev.runs[0].summary["robustness"]["flip"]["high"] == pytest.approx((still_high + 1) / 4)
+    with pytest.raises(ValueError, match="unknown operation 'sharpen'"):
+        E.evaluate(o, [p], model=model, lpips=False, attacks="flip,sharpen")
+
+
+def test_cli_attacks_table(tmp_path, toy_loader, capsys):
+    o, p, _ = _folders(tmp_path)
+    out = tmp_path / "ev"
+    args = ["evaluate", str(o), str(p), "-o", str(out), "--no-lpips", "-q", "--no-report"]
+    assert cli_main([*args, "--attacks", "jpeg50,resize0.5+jpeg75,flip"]) == 0
+    text = capsys.readouterr().out
+    assert "robustness: share of photos rated high after each operation" in text
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith(("jpeg50", "resize0.5+jpeg75", "flip"))}
+    assert set(lines) == {"jpeg50", "resize0.5+jpeg75", "flip"}
+    summary = json.loads((out / "results.json").read_text())["runs"][0]["summary"]["robustness"]
+    for name, line in lines.items():
+        s = summary[name]
+        assert f"{100 * s['high']:.1f} %" in line and f"{100 * s['low']:.1f} %" in line
+        assert line.split()[1] == f"{100 * s['originals_high']:.1f}"
+    with pytest.raises(SystemExit) as e:
+        cli_main([*args, "--attacks", "jpeg50,jpg70"])
+    assert e.value.code == 2 and "unknown operation 'jpg70'" in capsys.readouterr().err

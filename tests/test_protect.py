@@ -543,3 +543,39 @@ def test_protect_then_evaluate_end_to_end_from_the_command_line(tmp_path):
     run = data["runs"][0]
     assert run["summary"]["images"] == n and run["summary"]["mean_lpips"] is not None
     assert (ev / "report.html").is_file() and len(list((ev / "report_files").glob("*.png"))) == 4 * n
+
+
+def test_robust_web_records_every_checkpoint(tmp_path, model):
+    """`--robust web`: the attack is judged after each of the profile's real operations, recorded per photo."""
+    from hasmap_jax.transforms.profiles import PROFILES
+
+    src = tmp_path / "in"
+    save_photo(src / "p.png", h=H * 2, w=W * 2)
+    s = protect_paths([src], tmp_path / "out", settings=settings(robust="web", steps=5), model=model)
+    (r,) = s.results
+    names = list(PROFILES["web"].checkpoint_names)
+    assert r.status == "ok" and list(r.record["checkpoints"]) == names
+    checks = r.record["checkpoints"]
+    assert r.record["protected"] == all(v <= 50.0 for v in checks.values())
+    assert r.record["protected_after_checkpoints"] == r.record["protected"]
+    # JPEG output: the saved file is the first checkpoint
+    s = protect_paths([src], tmp_path / "jpg", settings=settings(robust="web", steps=5, format="jpeg"), model=model)
+    (r,) = s.results
+    assert list(r.record["checkpoints"])[0] == "jpeg90" and len(r.record["checkpoints"]) == len(names) + 1
+    assert r.record["score_after"] == r.record["checkpoints"]["jpeg90"]
+
+
+def test_manifest_from_before_robust_settings_still_resumes(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    out = tmp_path / "out"
+    protect_paths([src], out, settings=settings(), model=model)
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    for rec in recs:
+        if rec["type"] == "settings":
+            del rec["settings"]["robust"]  # as a manifest written before --robust existed
+    (out / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert protect_paths([src], out, settings=settings(), model=model).count("done") == 1
+    with pytest.raises(SettingsMismatch, match="robust"):
+        protect_paths([src], out, settings=settings(robust="off"), model=model)

@@ -19,12 +19,12 @@ import optax
 
 from hasmap_jax.arrays import as_unit_float
 from hasmap_jax.attack.loop import KEPT, Plan, default_loop, run_device, run_host
-from hasmap_jax.attack.loss import jpeg_chain_of
 from hasmap_jax.metrics import distortion
 from hasmap_jax.runtime.parallel import data_mesh, replicate, shard_batch, unshard
 from hasmap_jax.scoring import resolve_view_size, view_scores
 from hasmap_jax.sensitivity.maps import sensitivity_maps
-from hasmap_jax.transforms.jpeg import pillow_jpeg_chain
+from hasmap_jax.transforms.chain import model_view_size, pillow_chains
+from hasmap_jax.transforms.profiles import Profile, resolve_profile
 from hasmap_jax.weights.loading import default_quality_model
 
 
@@ -44,15 +44,21 @@ class AttackResult:
       alpha: (N,) the trade-off alpha of the search step that produced the returned image (the
         last one tried where none succeeded).
       kept: (N,) str, which image came back: "margin" (the least-distorted iterate that succeeded
-        with the `confidence` margin, in every JPEG view), "rated_low" (none reached the margin: the
-        least-distorted iterate rated low, i.e. score <= threshold, in every view), "original"
+        with the `confidence` margin, in every view of `robust`), "rated_low" (none reached the
+        margin: the least-distorted iterate rated low, i.e. score <= threshold, in every view), "original"
         (nothing rated low was found), or "already_low" (the photo met the goal as given: returned
         unchanged, no step spent).
       score_after_jpeg, success_after_jpeg: (N,) the score and the verdict after real JPEG round
         trips (Pillow) at the `robust_jpeg` qualities, one after the other; None when that was not
-        asked for.
+        asked for (also for profiles other than JPEG chains: see the checkpoints).
       scores_jpeg_chain: (N, K) the score after each of the K round trips of `robust_jpeg` (the
         last column is `score_after_jpeg`); None without `robust_jpeg`.
+      checkpoints: the names of the real (Pillow) operations the result was judged after (the
+        profile's checkpoints, e.g. ("jpeg90", "jpeg75", ..., "flip") for "web"; for `robust_jpeg`
+        each prefix of its chain: ("jpeg85", "jpeg85+jpeg90")); None without robustness. Not per image.
+      scores_after_checkpoints: (N, K) the score after each checkpoint, in that order; None without.
+      success_after_checkpoints: (N, K) bool, rated not high after each checkpoint
+        (`.all(axis=1)`: after every one); None without.
     """
 
     images: np.ndarray
@@ -70,6 +76,9 @@ class AttackResult:
     score_after_jpeg: np.ndarray | None = None
     success_after_jpeg: np.ndarray | None = None
     scores_jpeg_chain: np.ndarray | None = None
+    checkpoints: tuple[str, ...] | None = None
+    scores_after_checkpoints: np.ndarray | None = None
+    success_after_checkpoints: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -147,6 +156,7 @@ def attack_batch(
     optimizer: optax.GradientTransformation | None = None,
     early_stop: bool = True,
     view_size: tuple[int, int] | str | None = "auto",
+    robust: str | Sequence | Profile | None = None,
     robust_jpeg: int | Sequence[int] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     loop: str = "auto",
@@ -179,13 +189,48 @@ def attack_batch(
         (`fit_view`), differentiably, while the perturbation lives at the photo's own resolution.
         "auto" (default): the model's `input_size` when the photos differ from it, else as given;
         None: as given. Each distinct photo size is its own compiled program.
-      robust_jpeg: a JPEG quality to survive (e.g. 90, as the MediaEval protocol applies), or a
-        sequence of qualities applied one after the other (e.g. (85, 90): saved as JPEG 85, then
-        re-encoded at 90): the loss also scores the image after each differentiable round trip
-        (`diff_jpeg`), success needs all of them rated low (with the `confidence` margin), and the
-        result reports the score after the real (Pillow) round trips. A margin pays off here: the
-        least-distorted success sits just below the threshold, where the difference between the
-        approximation and libjpeg's integer pipeline can still tip it back.
+      robust: what the protection must survive (`hasmap_jax.transforms.profiles`). The loss also
+        scores the photo after differentiable versions of these operations (expectation over
+        transformations: success needs the photo and every view of the step rated low, with the
+        `confidence` margin), and the result is judged after the real (Pillow) operations at the
+        profile's checkpoints (`AttackResult.checkpoints`, `scores_after_checkpoints`,
+        `success_after_checkpoints`). One of:
+        - None or "off": the paper's plain loss;
+        - "jpeg90": the photo and its JPEG-90 round trip (the MediaEval protocol), exactly
+          `robust_jpeg=90`;
+        - "web": what photo sites do: at every step the photo, one JPEG at quality 60-95 and one of
+          downscaling to 50-87.5 % (bicubic, then JPEG), light Gaussian blur (sigma 0.5-1.5), a
+          centre crop of 90-95 % resized back, or a horizontal flip, drawn from a seeded key inside
+          the compiled step (the host and device loops draw the same; each search step replays the
+          same draws); checkpoints jpeg90, jpeg75, jpeg50, resize0.75+jpeg75, resize0.5+jpeg85,
+          blur1, crop0.9, flip (jpeg50 is outside what it trains on: a test of generalisation);
+        - operations by name (`hasmap_jax.transforms.chain`): "resize0.75+jpeg75", a
+          comma-separated list, or a sequence of names: up to 3 are all scored at every step,
+          more are split into 3 groups with one of each drawn per step; each is a checkpoint. A
+          single JPEG ("jpeg75") is `robust_jpeg=75`;
+        - a `Profile` (e.g. `PROFILES["web"].saved_as("jpeg85")` for a photo saved as JPEG 85
+          before the site gets it: every view and checkpoint starts from that JPEG).
+        Where views are drawn, an iterate counts as a success (and can be the one returned) only
+        when this step's views succeed and every chain that can be drawn passed the last time it
+        was drawn in this search step; otherwise the least-distorted "success" would be the first
+        lucky draw. Each extra view costs one model forward and backward per step ("jpeg90": 2
+        in all, "web": 3); every transform's shape is fixed by the photo size, so each size still
+        compiles once (every chain of a profile is compiled: "web" added 35-55 s of XLA:CPU
+        compilation per photo size on a shared 2-core CPU). The differentiable resizing, blur,
+        crop and flip compute Pillow's integer arithmetic (the same pixels); only JPEG is approximate. A
+        margin (`confidence`) pays off: the least-distorted success sits just below the threshold,
+        where JPEG's approximation and the chains not drawn at the last step can tip it back.
+        For `hasmap protect`: a JPEG output at quality Q is `PROFILES[name].saved_as(f"jpeg{Q}")`,
+        whose first checkpoint is the saved file (`scores_after_checkpoints[:, 0]`).
+      robust_jpeg: the older spelling of JPEG robustness, kept as it was (do not give both): a JPEG
+        quality to survive (e.g. 90, as the MediaEval protocol applies), or a sequence of qualities
+        applied one after the other (e.g. (85, 90): saved as JPEG 85, then re-encoded at 90): the
+        loss also scores the image after each differentiable round trip (`diff_jpeg`), success
+        needs all of them rated low (with the `confidence` margin), and the result reports the
+        score after the real (Pillow) round trips (`score_after_jpeg`, `scores_jpeg_chain`; the
+        chain's prefixes are also the checkpoints). A margin pays off here: the least-distorted
+        success sits just below the threshold, where the difference between the approximation and
+        libjpeg's integer pipeline can still tip it back.
       mesh: a `jax.sharding.Mesh` with a "data" axis to shard the batch over; default: all local
         devices. Results do not depend on it.
       loop: "device" runs all steps in one compiled program (`lax.while_loop`: no host round trip;
@@ -205,7 +250,12 @@ def attack_batch(
       An `AttackResult`. For each image, the successful iterate with the smallest weighted
       distortion (judged after 8-bit rounding); where none reached the margin, the least-distorted
       one rated low; else the original (`AttackResult.kept` says which). A photo that already meets
-      the goal as given (rated low, inside the margin, in every JPEG view) comes back unchanged.
+      the goal as given (rated low, inside the margin, in every view: with "web", every chain it
+      could draw) comes back unchanged.
+
+    Raises:
+      ValueError: a bad argument, e.g. an unknown profile or operation name (the message lists
+        what is accepted), or both `robust` and `robust_jpeg`.
     """
     x8 = np.round(as_unit_float(images) * 255.0).astype(np.uint8)
     n = len(x8)
@@ -224,7 +274,8 @@ def attack_batch(
     judge = prepare_model(model, mesh=mesh, fold_batchnorm=False, compute_dtype=jnp.float32)
     attacker = prepare_model(model, mesh=mesh, fold_batchnorm=fold_batchnorm, compute_dtype=dtype)
     view_size = resolve_view_size(model, x8.shape[1:3], view_size)
-    jpeg_chain = jpeg_chain_of(robust_jpeg)
+    profile = resolve_profile(robust, robust_jpeg)
+    jpeg_chain = profile.jpeg_chain if profile is not None else ()
     (xs, alphas_s), _ = shard_batch((x8, alphas), mesh=mesh)
     maps = sensitivity_maps(sensitivity, xs)
     if not isinstance(maps, jax.Array):
@@ -240,6 +291,7 @@ def attack_batch(
         check_every=max(25, steps // 5) if early_stop else steps + 1,
         view_size=view_size,
         jpeg_chain=jpeg_chain,
+        eot=profile.eot if profile is not None else None,
         report_every=max(1, min(steps, 5)) if progress is not None and loop == "device" else 0,
     )
     report = None if progress is None else _Reporter(progress, total)
@@ -249,15 +301,7 @@ def attack_batch(
     metrics["score_before"] = view_scores(judge, xs, view_size)
     metrics["score_after"] = view_scores(judge, adv, view_size)
     adv8, used, used_alpha, kept, metrics = unshard((adv, used, used_alpha, kept, metrics), n)
-    jpeg = {}
-    if jpeg_chain:
-        chain_scores = []
-        for decoded in pillow_jpeg_chain(adv8, jpeg_chain):
-            (decoded_s,), _ = shard_batch((decoded,), mesh=mesh)
-            chain_scores.append(unshard(view_scores(judge, decoded_s, view_size), n))
-        jpeg["scores_jpeg_chain"] = np.stack(chain_scores, axis=1)
-        jpeg["score_after_jpeg"] = chain_scores[-1]
-        jpeg["success_after_jpeg"] = chain_scores[-1] <= threshold
+    judged = {} if profile is None else _judge(judge, adv8, profile, view_size, threshold, mesh)
     return AttackResult(
         images=adv8,
         success=metrics["score_after"] <= threshold,
@@ -265,5 +309,29 @@ def attack_batch(
         alpha=used_alpha,
         kept=np.asarray(KEPT)[kept],
         **metrics,
-        **jpeg,
+        **judged,
     )
+
+
+def _judge(judge, adv8: np.ndarray, profile: Profile, view_size, threshold: float, mesh) -> dict[str, Any]:
+    """The scores after the real (Pillow) operations of the profile's checkpoints, as `AttackResult` fields."""
+    n, size = len(adv8), adv8.shape[1:3]
+    scores = []
+    for out in pillow_chains(adv8, profile.checkpoints):
+        # A photo of its own size is scored as the attack's plain view was; another size (downscaled)
+        # through the view of the photo's size, as the attack saw it (`model_views`).
+        vs = view_size if out.shape[1:3] == size else model_view_size(size, view_size)
+        (out_s,), _ = shard_batch((out,), mesh=mesh)
+        scores.append(unshard(view_scores(judge, out_s, vs), n))
+    scores = np.stack(scores, axis=1)
+    fields = {
+        "checkpoints": profile.checkpoint_names,
+        "scores_after_checkpoints": scores,
+        "success_after_checkpoints": scores <= threshold,
+    }
+    if profile.jpeg_chain:  # the checkpoints are the chain's prefixes (`jpeg_profile`)
+        k = len(profile.jpeg_chain)
+        fields["scores_jpeg_chain"] = scores[:, :k]
+        fields["score_after_jpeg"] = scores[:, k - 1]
+        fields["success_after_jpeg"] = scores[:, k - 1] <= threshold
+    return fields

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hasmap_jax.attack.loss import from_tanh_space, hasmap_loss, to_tanh_space
+from hasmap_jax.attack.loss import cw_loss, from_tanh_space, hasmap_loss, to_tanh_space
+from hasmap_jax.models.koncept import quality_logits
+from hasmap_jax.transforms.profiles import EOT
 
 Array = jax.Array
 
@@ -40,6 +42,9 @@ class ImageState(NamedTuple):
     min_loss: Array  # lowest loss seen in this search step
     last_check: Array  # min_loss at the last stall check
     steps: Array  # steps run, all search steps together
+    # With EOT draws: each drawable chain's score the last time it was drawn in this search step
+    # (inf before), laid out as `EOT.group_offsets`; None without draws.
+    drawn: Array | None = None
 
 
 class Search(NamedTuple):
@@ -64,24 +69,51 @@ class Plan:
     view_size: tuple[int, int] | None
     jpeg_chain: tuple[int, ...]
     report_every: int = 0  # device loop: call the progress sink every this many steps (0: never)
+    eot: EOT | None = None  # transformed views besides the JPEG chain (`model_views`)
 
     def opt(self, learning_rate: Array) -> optax.GradientTransformation:
         return self.optimizer if self.optimizer is not None else optax.adam(learning_rate)
 
 
 def image_step(
-    state, i, x8, sensitivity, alpha, model, threshold, confidence, optimizer, check_every, view_size, jpeg_chain
+    state,
+    i,
+    x8,
+    sensitivity,
+    alpha,
+    model,
+    threshold,
+    confidence,
+    optimizer,
+    check_every,
+    view_size,
+    jpeg_chain,
+    eot=None,
+    draw=None,
 ):
-    """One optimisation step for one image (vmapped over the batch by the caller)."""
+    """One optimisation step for one image (vmapped over the batch by the caller; `draw`, this
+    step's EOT draw, is the same for the whole batch)."""
     x = x8.astype(jnp.float32) / 255.0
-    (loss, (dist, lc, score)), grad = jax.value_and_grad(hasmap_loss, has_aux=True)(
-        state.w, x, sensitivity, alpha, model, threshold, confidence, view_size, jpeg_chain
-    )
+    args = (state.w, x, sensitivity, alpha, model, threshold, confidence, view_size, jpeg_chain, eot, draw)
     active = ~state.done
+    if draw is None:
+        (loss, (dist, lc, score)), grad = jax.value_and_grad(hasmap_loss, has_aux=True)(*args)
+        success, rated_low, drawn = lc <= 0.0, score <= threshold, state.drawn
+    else:
+        objective = functools.partial(hasmap_loss, per_view=True)
+        (loss, (dist, lc, score, scores)), grad = jax.value_and_grad(objective, has_aux=True)(*args)
+        # One draw says little about the chains not drawn: an iterate counts as a success when this
+        # step's views succeed and every drawable chain did the last time it was drawn (not before
+        # each has been drawn once in this search step). Otherwise the least-distorted "success"
+        # would be the first lucky draw. The loss and its gradient are this step's views only.
+        drawn = state.drawn.at[eot.group_offsets + draw].set(scores[-len(eot.groups) :])
+        drawn_lc = jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(drawn, threshold), confidence)
+        success = (lc <= 0.0) & jnp.all(drawn_lc <= 0.0)
+        rated_low = (score <= threshold) & jnp.all(drawn <= threshold)
     # Keep the iterate just evaluated if it succeeds (L_C == 0) with less distortion than the best,
     # and, as a fallback for when none reaches the margin, the least-distorted one rated low.
-    better = active & (lc <= 0.0) & (dist < state.best_dist)
-    lower = active & (score <= threshold) & (dist < state.low_dist)
+    better = active & success & (dist < state.best_dist)
+    lower = active & rated_low & (dist < state.low_dist)
     adv8 = jnp.round(from_tanh_space(state.w) * 255.0).astype(jnp.uint8)
     updates, opt = optimizer.update(grad, state.opt, state.w)
     w = optax.apply_updates(state.w, updates)
@@ -100,11 +132,12 @@ def image_step(
         low=jnp.where(lower, adv8, state.low),
         low_dist=jnp.where(lower, dist, state.low_dist),
         low_alpha=jnp.where(lower, alpha, state.low_alpha),
-        found=state.found | (active & (lc <= 0.0)),
+        found=state.found | (active & success),
         done=state.done | (active & stalled),
         min_loss=jnp.where(active, min_loss, state.min_loss),
         last_check=jnp.where(active & check, min_loss, state.last_check),
         steps=state.steps + active.astype(jnp.int32),
+        drawn=None if drawn is None else keep(drawn, state.drawn),
     )
 
 
@@ -132,7 +165,15 @@ def _fresh(x8, w0, learning_rate, state: ImageState | None, alpha, skip, *, plan
         min_loss=jnp.full((n,), jnp.inf, jnp.float32),
         last_check=jnp.full((n,), jnp.inf, jnp.float32),
         steps=jnp.zeros((n,), jnp.int32) if state is None else state.steps,
+        drawn=_unseen(n, plan.eot),
     )
+
+
+def _unseen(n: int, eot: EOT | None) -> Array | None:
+    """`ImageState.drawn` before any draw: every chain's verdict unknown (inf: not a success)."""
+    if eot is None or not eot.groups:
+        return None
+    return jnp.full((n, eot.drawable), jnp.inf, jnp.float32)
 
 
 def begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: Plan):
@@ -140,10 +181,13 @@ def begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *
     # w0 is computed once: the restarts then begin from bit-identical parameters whichever loop
     # runs them (XLA may evaluate arctanh differently inside and outside a loop).
     w0 = to_tanh_space(x8.astype(jnp.float32) / 255.0)
-    # A photo whose loss is already zero (rated low, inside the margin, in every view) needs no
-    # change: it is returned as given and spends no step (its loss could never stall either).
+    # A photo whose loss is already zero (rated low, inside the margin, in every view: with EOT,
+    # every chain it can draw) needs no change: it is returned as given and spends no step (its
+    # loss could never stall either).
     lc0 = jax.vmap(
-        lambda w, x, s: hasmap_loss(w, x, s, 1.0, model, threshold, confidence, plan.view_size, plan.jpeg_chain)[1][1]
+        lambda w, x, s: hasmap_loss(
+            w, x, s, 1.0, model, threshold, confidence, plan.view_size, plan.jpeg_chain, plan.eot
+        )[1][1]
     )(w0, x8.astype(jnp.float32) / 255.0, sensitivity)
     skip = lc0 <= 0.0
     search = Search(
@@ -169,12 +213,18 @@ def next_search(x8, learning_rate, state: ImageState, search: Search, *, plan: P
 
 
 def batch_step(model, state, i, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: Plan):
+    # The EOT draw comes from the step index inside the compiled step, so the host loop and the
+    # device loop draw the same chains, and each search step replays the same sequence of draws
+    # (its alpha is then the only difference from the last one).
+    draw = plan.eot.draw(i) if plan.eot is not None and plan.eot.groups else None
     step = functools.partial(
         image_step,
         optimizer=plan.opt(learning_rate),
         check_every=plan.check_every,
         view_size=plan.view_size,
         jpeg_chain=plan.jpeg_chain,
+        eot=plan.eot,
+        draw=draw,
     )
     return jax.vmap(step, in_axes=(0, None, 0, 0, 0, None, None, None))(
         state, i, x8, sensitivity, alpha, model, threshold, confidence

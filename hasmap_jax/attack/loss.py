@@ -14,16 +14,18 @@ Each function here is written for one image; `hasmap_jax.attack.loop` vmaps them
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hasmap_jax.metrics import weighted_distortion
 from hasmap_jax.models.koncept import quality_logits
+from hasmap_jax.transforms.chain import apply_chain, model_view_size
 from hasmap_jax.transforms.jpeg import diff_jpeg
+from hasmap_jax.transforms.profiles import EOT, jpeg_qualities
 from hasmap_jax.transforms.views import fit_view
 
 Array = jax.Array
@@ -59,30 +61,51 @@ def cw_loss(logits: Array, confidence: Array | float = 0.0) -> Array:
     return jnp.maximum(logits[0] - logits[1] + confidence, 0.0)
 
 
-def model_views(adv: Array, view_size: tuple[int, int] | None, jpeg_chain: tuple[int, ...] = ()) -> Array:
-    """What the model is shown of one image (H, W, 3): (1 + K, h, w, 3) for K JPEG qualities.
+def model_views(
+    adv: Array,
+    view_size: tuple[int, int] | None,
+    jpeg_chain: tuple[int, ...] = (),
+    eot: EOT | None = None,
+    draw: Array | None = None,
+) -> Array:
+    """What the model is shown of one image (H, W, 3): (1 + K, h, w, 3), K transformed views.
 
-    View 0 is the image itself; view k is it after the first k (differentiable) JPEG round trips of
-    `jpeg_chain`, one after the other (e.g. (85, 90): saved as JPEG 85, then re-encoded at 90).
-    Each is resized and centre-cropped to `view_size` when given (see `fit_view`).
+    View 0 is the image itself; with a `jpeg_chain`, view k is it after the first k (differentiable)
+    JPEG round trips, one after the other (e.g. (85, 90): saved as JPEG 85, then re-encoded at 90).
+    With an `eot`, the next views are its prefix's result (if any), then each of its `always` chains,
+    then one chain per group: the `draw`-th (draw: (groups,) int32, traced, the same for the whole
+    batch, so each is one `lax.switch` branch run), or every chain of every group when `draw` is
+    None. Each view is resized and centre-cropped to `view_size` (see `fit_view`), or, where the
+    model takes the photo as given (None), a view of another size (a downscaled photo) to the
+    photo's size.
     """
     views = [adv[None]]
     for q in jpeg_chain:
         views.append(diff_jpeg(views[-1], q))
     views = jnp.concatenate(views)
-    return fit_view(views, view_size) if view_size is not None else views
+    views = fit_view(views, view_size) if view_size is not None else views
+    if eot is None:
+        return views
+    target = model_view_size(adv.shape[:2], view_size)
+
+    def seen(chain, x):
+        return fit_view(apply_chain(x, chain), target)
+
+    base = apply_chain(adv[None], eot.prefix)
+    extra = [fit_view(base, target)] if eot.prefix else []
+    extra += [seen(c, base) for c in eot.always]
+    for g, group in enumerate(eot.groups):
+        if draw is None:
+            extra += [seen(c, base) for c in group]
+        else:
+            # One branch runs (the index is not batched under vmap); XLA compiles each chain once.
+            extra.append(jax.lax.switch(draw[g], [functools.partial(seen, c) for c in group], base))
+    return jnp.concatenate([views, *extra])
 
 
 def jpeg_chain_of(robust_jpeg: int | Sequence[int] | None) -> tuple[int, ...]:
     """`attack_batch`'s `robust_jpeg` as a tuple of qualities (empty: off); checks the values."""
-    if robust_jpeg is None:
-        return ()
-    chain = (robust_jpeg,) if np.ndim(robust_jpeg) == 0 else tuple(robust_jpeg)
-    if not chain or any(
-        isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100 for q in chain
-    ):
-        raise ValueError(f"robust_jpeg: a JPEG quality in 1..100 or a sequence of them, got {robust_jpeg!r}")
-    return tuple(int(q) for q in chain)
+    return jpeg_qualities(robust_jpeg, what="robust_jpeg")
 
 
 def hasmap_loss(
@@ -95,16 +118,24 @@ def hasmap_loss(
     confidence: Array,
     view_size: tuple[int, int] | None = None,
     jpeg_chain: tuple[int, ...] = (),
-) -> tuple[Array, tuple[Array, Array, Array]]:
-    """The paper's objective for one image at parameters w; also returns (D, L_C, highest score).
+    eot: EOT | None = None,
+    draw: Array | None = None,
+    *,
+    per_view: bool = False,
+) -> tuple[Array, tuple[Array, ...]]:
+    """The paper's objective for one image at parameters w; also returns (D, L_C, highest score),
+    and with `per_view` the scores (1 + K,) of every view (`model_views`' order) after them.
 
     The model sees the 8-bit rounded image, so the returned D and scores are those of what is saved;
     the score returned is the highest over the image and its JPEG views (rated low <=> <= threshold).
-    With a `jpeg_chain`, L_C is summed over the image and its JPEG round trips (`model_views`), so
-    success needs every one rated low (an expectation over these transformations, up to a factor).
+    With a `jpeg_chain` or an `eot`, L_C is summed over the image and its transformed views
+    (`model_views`; `draw` picks this step's chain of each EOT group), so success needs every one
+    rated low (an expectation over these transformations, up to a factor; with drawn views, over
+    this step's draw).
     """
     adv = quantize(from_tanh_space(w))
     dist = weighted_distortion(adv - x, sensitivity)
-    scores = model.apply(model_views(adv, view_size, jpeg_chain))
+    scores = model.apply(model_views(adv, view_size, jpeg_chain, eot, draw))
     lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, threshold), confidence))
-    return alpha * dist + lc, (dist, lc, jnp.max(scores))
+    aux = (dist, lc, jnp.max(scores))
+    return alpha * dist + lc, (*aux, scores) if per_view else aux

@@ -20,6 +20,13 @@ with Pillow, then scored; 'high' <=> score > --threshold; accuracy = share still
 is better protection). Files are matched by relative path and stem; the protected folder's output
 suffix comes from its manifest, else --suffix, else it is inferred.
 
+robustness (--attacks): each protected photo and its original also go through real (Pillow)
+operations of what photo sites do, then are scored; the summary, results.csv/json and the report
+give per operation the share still rated high (and rated low), next to the originals'. Names:
+  jpegQ (1-100), webpQ (0-100), resizeF (downscale each side to F in (0, 1], bicubic), lanczosF,
+  blurS (Gaussian blur, sigma S), cropF (centre crop keeping F of each side, resized back), flip;
+  chain with '+', list with ',': --attacks jpeg50,jpeg70,resize0.5,resize0.75+jpeg75,blur1,crop0.9,flip
+
 writes OUT/results.csv, OUT/results.json and OUT/report.html (+ OUT/report_files/): original,
 protected, amplified difference and sensitivity map per photo, and for several runs (e.g. an alpha
 sweep: hasmap evaluate ORIGINALS RUN1 RUN2 ...) accuracy against distortion.
@@ -46,6 +53,13 @@ def register(subparsers) -> None:
     p.add_argument("--jpeg-quality", type=jpeg_quality, default=90, help="protocol JPEG quality (default: %(default)s)")
     p.add_argument("--no-jpeg", action="store_true", help="score the files as stored (not the protocol)")
     p.add_argument(
+        "--attacks",
+        type=attack_list,
+        default=(),
+        metavar="LIST",
+        help="robustness: operations to score after, e.g. jpeg50,resize0.75+jpeg75,blur1,crop0.9,flip,webp80",
+    )
+    p.add_argument(
         "-o", "--output", type=Path, default=Path("hasmap-evaluation"), help="output folder (default: %(default)s)"
     )
     p.add_argument("--suffix", default=None, help="output suffix of protected names (default: manifest or inferred)")
@@ -56,6 +70,16 @@ def register(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     compile_cache.add_argument(p)
     p.set_defaults(func=run)
+
+
+def attack_list(text: str):
+    """--attacks: chains of named operations (`hasmap_jax.transforms.chain.parse_chains`)."""
+    from hasmap_jax.transforms.chain import parse_chains
+
+    try:
+        return parse_chains(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 lpips=not args.no_lpips,
                 exclude=[out],
                 names=args.names,
+                attacks=args.attacks,
                 progress=bar,
             )
     except (WeightError, FileNotFoundError, ValueError) as e:
@@ -117,5 +142,26 @@ def run(args: argparse.Namespace) -> int:
         for row in r.rows:
             if row["error"]:
                 print(f"  {r.name}: {row['key']}: {row['error']}", file=err)
+    if ev.attacks:
+        print(robustness_table(ev))
     print(f"wrote {paths['csv']}, {paths['json']}" + (f", {report}" if report else ""))
     return EXIT_OK if ev.complete else EXIT_SOME_FAILED
+
+
+def robustness_table(ev) -> str:
+    """The printed robustness table: per operation, the originals' share rated high, then per run
+    the share still rated high and the share rated low."""
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    width = max(len("operation"), *(len(a) for a in ev.attacks))
+    head = f"{'operation':<{width}}  {'originals':>9}" + "".join(f"  {r.name[:17]:>17}" for r in ev.runs)
+    sub = f"{'':<{width}}  {'high':>9}" + "".join(f"  {'high':>8} {'low':>8}" for _ in ev.runs)
+    lines = ["robustness: share of photos rated high after each operation (lower is better protection)", head, sub]
+    for a in ev.attacks:
+        per = [r.summary.get("robustness", {}).get(a, {}) for r in ev.runs]
+        base = next((p.get("originals_high") for p in per if p.get("originals_high") is not None), None)
+        cells = "".join(f"  {pct(p.get('high')):>8} {pct(p.get('low')):>8}" for p in per)
+        lines.append(f"{a:<{width}}  {pct(base):>9}{cells}")
+    return "\n".join(lines)

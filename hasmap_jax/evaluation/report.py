@@ -9,7 +9,9 @@ visible), then per run the protected photo and the difference amplified around m
 shown; one gain per photo across runs so runs compare). Photos larger than `max_preview` pixels on a
 side are shown as a centre crop at 100 % (the perturbation is pixel-level: a downscaled preview would
 hide it). With several runs (e.g. an alpha sweep) the page starts with accuracy against distortion
-(mean PSNR, mean LPIPS when measured) as inline SVG, drawn here without a plotting library.
+(mean PSNR, mean LPIPS when measured) as inline SVG, drawn here without a plotting library. With
+robustness operations (`evaluate(attacks=...)`) a table gives, per operation (JPEG, resizing, blur,
+crop, flip, ...), the share of photos still rated high and rated low per run, and the originals'.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 .low{color:#0a7a2f;font-weight:600}.high{color:#b3261e;font-weight:600}.err{color:#b3261e}
 .plots{display:flex;flex-wrap:wrap;gap:18px}.note{font-size:.85em;color:#666}
 """
+
 
 def difference_image(original: np.ndarray, protected: np.ndarray, gain: float) -> np.ndarray:
     """(H, W, 3) uint8: 128 + gain * (protected - original), per channel, clipped."""
@@ -247,6 +250,8 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
         "<h2>Runs</h2>",
         _runs_table(evaluation),
     ]
+    if evaluation.attacks:
+        body.append(_robustness_table(evaluation))
     runs = evaluation.runs
     if len(runs) >= 2:
         body.append(_plots(evaluation, after))
@@ -391,6 +396,28 @@ def _runs_table(evaluation) -> str:
         "(counted in results.json as psnr_unchanged).</p>"
     )
     return f"<table>{head}{''.join(rows)}</table>{note}"
+
+
+def _robustness_table(evaluation) -> str:
+    """Per operation, the share of photos still rated high (and rated low) per run, and the originals'."""
+    runs = evaluation.runs
+    head = "<tr><th rowspan='2'>operation (Pillow)</th><th rowspan='2'>originals rated high</th>" + "".join(
+        f"<th colspan='2'>{html.escape(_run_label(r))}</th>" for r in runs
+    )
+    head += "</tr><tr>" + "<th>still high ↓</th><th>rated low ↑</th>" * len(runs) + "</tr>"
+    rows = []
+    for name in evaluation.attacks:
+        per = [r.summary.get("robustness", {}).get(name, {}) for r in runs]
+        base = next((p.get("originals_high") for p in per if p.get("originals_high") is not None), None)
+        cells = "".join(f"<td><b>{_pct(p.get('high'))}</b></td><td>{_pct(p.get('low'))}</td>" for p in per)
+        rows.append(f"<tr><td><code>{html.escape(name)}</code></td><td>{_pct(base)}</td>{cells}</tr>")
+    note = (
+        '<p class="note">Each protected photo (and its original) put through the real operation with Pillow '
+        "(jpegQ: JPEG at quality Q; resizeF: downscaled to F of each side, bicubic; blurS: Gaussian blur, "
+        "sigma S; cropF: centre crop of F, resized back; flip: mirrored; webpQ: WebP; a+b: a, then b), then "
+        "scored. Photos without a usable protected output count as still high.</p>"
+    )
+    return f"<h2>Robustness</h2><table>{head}{''.join(rows)}</table>{note}"
 
 
 def _plots(evaluation, after: str) -> str:

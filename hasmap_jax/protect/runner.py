@@ -99,7 +99,18 @@ class FileResult:
 
 
 #: What `ProtectSummary.totals` counts, in this order (a job sums them over its processes).
-TOTALS = ("inputs", "ok", "done", "skipped", "failed", "written", "protected", "after_jpeg", "interrupted")
+TOTALS = (
+    "inputs",
+    "ok",
+    "done",
+    "skipped",
+    "failed",
+    "written",
+    "protected",
+    "after_jpeg",
+    "after_checkpoints",
+    "interrupted",
+)
 
 
 @dataclasses.dataclass
@@ -129,6 +140,7 @@ class ProtectSummary:
             "written": len(written),
             "protected": sum(bool(r.protected) for r in written),
             "after_jpeg": sum("protected_after_jpeg" in r.record for r in written),
+            "after_checkpoints": sum("protected_after_checkpoints" in r.record for r in written),
             "interrupted": int(self.interrupted),
         }
 
@@ -151,6 +163,8 @@ class ProtectSummary:
         ]
         if t["written"]:
             check = "after JPEG" if t["after_jpeg"] else "as saved"
+            if t["after_checkpoints"]:
+                check = "after every --robust web check: JPEG, resizing, blur, crop, flip"
             parts.append(f"{t['protected']} of {t['written']} output(s) rated not high quality by the model ({check})")
         for r in self.results:
             if r.status in ("skipped", "failed"):
@@ -510,8 +524,7 @@ def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, pr
     )
     if settings.view_size != "auto":
         kwargs["view_size"] = settings.view_size
-    if settings.jpeg_chain:
-        kwargs["robust_jpeg"] = settings.jpeg_chain
+    kwargs.update(settings.attack_robustness())
     if settings.confidence:
         kwargs["confidence"] = settings.confidence
     if progress is not None:
@@ -660,6 +673,16 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
         "steps": int(np.asarray(res.steps)[k]),
         "kept": str(res.kept[k]),
     }
+    checks = getattr(res, "scores_after_checkpoints", None)
+    if settings.robust == "web" and checks is not None:
+        names = list(res.checkpoints)
+        m["checkpoints"] = {n: num(np.asarray(checks)[:, j]) for j, n in enumerate(names)}
+        if settings.format == "jpeg":  # the saved file is the first checkpoint
+            m["score_after"] = m["checkpoints"][names[0]]
+            m["rated_low"] = bool(float(np.asarray(checks)[k, 0]) <= settings.threshold)
+        m["protected_after_checkpoints"] = bool(np.all(np.asarray(res.success_after_checkpoints)[k]))
+        m["protected"] = m["protected_after_checkpoints"]
+        return m
     jpeg = getattr(res, "score_after_jpeg", None)
     if settings.robust_jpeg is not None and jpeg is not None:
         m["jpeg_quality"] = int(settings.robust_jpeg)

@@ -39,6 +39,10 @@ DEFAULT_PRESET = "mid"
 PROTOCOL_JPEG_QUALITY = 90
 
 
+#: `--robust` choices: the `attack_batch(robust=...)` profiles `hasmap protect` offers.
+ROBUST = ("jpeg90", "web", "off")
+
+
 class UsageError(ValueError):
     """The request itself is wrong (missing input, output over an input, bad settings): nothing ran."""
 
@@ -60,6 +64,11 @@ class ProtectSettings:
         (default): 90. The attack sees the output as it will be re-encoded
         (`attack_batch(robust_jpeg=...)`): a PNG output once at this quality, a JPEG output at its
         own `quality` and then at this one. Stored as that chain of qualities (`jpeg_chain`).
+      robust: what else the protection must survive, an `attack_batch(robust=...)` profile:
+        "jpeg90" (default: the JPEG chain above), "web" (JPEG 60-95, downscaling to 50-100 %,
+        light blur, small crops and flips, judged after real Pillow operations at the profile's
+        checkpoints; JPEG output is saved at `quality` first) or "off" (the paper's plain loss;
+        also turns `robust_jpeg` off).
       confidence: the margin kappa of `attack_batch` (success needs score <= threshold - kappa/2).
       suffix: appended to each output's stem ("" keeps the name).
       keep_metadata: copy EXIF (orientation 1, no thumbnail) into the outputs.
@@ -80,6 +89,7 @@ class ProtectSettings:
     format: str = "png"
     quality: int = 90
     robust_jpeg: int | str | None = "auto"
+    robust: str = "jpeg90"
     confidence: float = PRESETS[DEFAULT_PRESET].confidence
     suffix: str = ""
     keep_metadata: bool = False
@@ -96,6 +106,10 @@ class ProtectSettings:
             raise UsageError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
         if not 1 <= int(self.quality) <= 100:
             raise UsageError(f"JPEG quality must be in 1..100, got {self.quality}")
+        if self.robust not in ROBUST:
+            raise UsageError(f"robust must be one of {', '.join(ROBUST)}, got {self.robust!r}")
+        if self.robust == "off":
+            object.__setattr__(self, "robust_jpeg", None)
         if self.robust_jpeg == "auto":
             object.__setattr__(self, "robust_jpeg", PROTOCOL_JPEG_QUALITY)
         elif self.robust_jpeg is not None and not 1 <= int(self.robust_jpeg) <= 100:
@@ -136,6 +150,15 @@ class ProtectSettings:
         saved = (int(self.quality),) if self.format == "jpeg" else ()
         return saved + (() if self.robust_jpeg is None else (int(self.robust_jpeg),))
 
+    def attack_robustness(self) -> dict[str, Any]:
+        """`attack_batch`'s robustness arguments for these settings."""
+        if self.robust == "web":
+            from hasmap_jax.transforms.profiles import PROFILES
+
+            web = PROFILES["web"]
+            return {"robust": web.saved_as(f"jpeg{int(self.quality)}") if self.format == "jpeg" else web}
+        return {"robust_jpeg": self.jpeg_chain} if self.jpeg_chain else {}
+
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["view_size"] = list(self.view_size) if isinstance(self.view_size, tuple) else self.view_size
@@ -147,7 +170,13 @@ class ProtectSettings:
         return rel.parent / f"{rel.stem}{self.suffix}{FORMATS[self.format]}"
 
 
+#: Settings added after manifests were first written, with the value an older manifest meant.
+_ADDED_LATER = {"robust": "jpeg90"}
+
+
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two settings dicts ("alpha: 20.0 -> 10.0")."""
+    """Human-readable differences between two settings dicts ("alpha: 20.0 -> 10.0"). A setting an
+    older manifest did not record counts as the value it had then (`robust`: "jpeg90")."""
+    old = {**{k: v for k, v in _ADDED_LATER.items() if k in new}, **old}
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
