@@ -18,7 +18,6 @@ saved as JPEG 75); a list of chains is separated by commas ("jpeg50,resize0.5,bl
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from hasmap_jax.transforms.blur import gaussian_blur, pillow_gaussian_blur
 from hasmap_jax.transforms.geometry import center_crop_resize, hflip, pillow_center_crop_resize, pillow_hflip
-from hasmap_jax.transforms.jpeg import diff_jpeg, pillow_jpeg
+from hasmap_jax.transforms.jpeg import diff_jpeg, pillow_jpeg, pillow_roundtrip
 from hasmap_jax.transforms.resize import downscale, pillow_downscale, scaled_size
 
 Array = jax.Array
@@ -219,13 +218,4 @@ def model_view_size(photo_size: tuple[int, int], view_size: tuple[int, int] | No
 
 
 def _pillow_webp(images: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image
-
-    out = []
-    for im in np.asarray(images, np.uint8):
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="WEBP", quality=int(quality))
-        buf.seek(0)
-        with Image.open(buf) as decoded:
-            out.append(np.asarray(decoded.convert("RGB")))
-    return np.stack(out)
+    return pillow_roundtrip(images, "WEBP", quality)

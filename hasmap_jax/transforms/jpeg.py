@@ -167,12 +167,17 @@ def pillow_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
 
     What the MediaEval 2020 protocol does to every protected image before scoring (quality 90).
     """
+    return pillow_roundtrip(images, "JPEG", quality)
+
+
+def pillow_roundtrip(images: np.ndarray, format: str, quality: int) -> np.ndarray:
+    """Each uint8 image saved by Pillow as `format` ("JPEG", "WEBP") at `quality` and decoded to RGB."""
     from PIL import Image
 
     out = []
     for im in np.asarray(images, np.uint8):
         buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="JPEG", quality=int(quality))
+        Image.fromarray(im).save(buf, format=format, quality=int(quality))
         buf.seek(0)
         with Image.open(buf) as decoded:
             out.append(np.asarray(decoded.convert("RGB")))
