@@ -579,3 +579,42 @@ def test_manifest_from_before_robust_settings_still_resumes(tmp_path, model):
     assert protect_paths([src], out, settings=settings(), model=model).count("done") == 1
     with pytest.raises(SettingsMismatch, match="robust"):
         protect_paths([src], out, settings=settings(robust="off"), model=model)
+
+
+def test_robust_web_has_its_own_presets(capsys):
+    """`--robust web` takes its presets from `WEB_PRESETS` (its loss needs a smaller alpha and more
+    steps), from the library and from the command line; explicit values still override them."""
+    from hasmap_jax.cli import build_parser
+    from hasmap_jax.cli.protect import settings_from_args
+    from hasmap_jax.protect import PRESETS, WEB_PRESETS, ProtectSettings, presets
+
+    assert presets("web") is WEB_PRESETS and presets("jpeg90") is PRESETS and presets("off") is PRESETS
+    assert WEB_PRESETS.keys() == PRESETS.keys() and WEB_PRESETS["mid"] != PRESETS["mid"]
+    for name in PRESETS:
+        web, plain = ProtectSettings.from_preset(name, robust="web"), ProtectSettings.from_preset(name)
+        assert (web.alpha, web.steps, web.confidence) == (
+            WEB_PRESETS[name].alpha,
+            WEB_PRESETS[name].steps,
+            WEB_PRESETS[name].confidence,
+        )
+        assert (plain.alpha, plain.steps) == (PRESETS[name].alpha, PRESETS[name].steps)
+
+    def parsed(*words):
+        return settings_from_args(build_parser().parse_args(["protect", "in", "-o", "out", *words]), "default")
+
+    s = parsed("--robust", "web")
+    assert (s.robust, s.alpha, s.steps) == ("web", WEB_PRESETS["mid"].alpha, WEB_PRESETS["mid"].steps)
+    s = parsed("--robust", "web", "--preset", "high")
+    assert (s.alpha, s.steps) == (WEB_PRESETS["high"].alpha, WEB_PRESETS["high"].steps)
+    s = parsed("--robust", "web", "--alpha", "7")  # alpha instead of a preset: the web default's steps
+    assert (s.alpha, s.steps) == (7.0, WEB_PRESETS["mid"].steps)
+    s = parsed("--robust", "web", "--steps", "11")
+    assert (s.alpha, s.steps) == (WEB_PRESETS["mid"].alpha, 11)
+    assert parsed().alpha == PRESETS["mid"].alpha
+    # The help lists both tables, with the values they hold.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["protect", "--help"])
+    out = capsys.readouterr().out
+    for p in (*PRESETS.values(), *WEB_PRESETS.values()):
+        assert f"alpha {p.alpha:g}, {p.steps} steps" in out
+    assert "with --robust web" in out

@@ -25,9 +25,7 @@ def _robust(text: str) -> int | str | None:
 
 PROTECT_EPILOG = """\
 presets (alpha: smaller = stronger protection, more visible change; all with margin kappa 10):
-  low   alpha 40, 100 steps   faintest change, protects the fewest photos
-  mid   alpha 20, 100 steps   the default
-  high  alpha 10, 200 steps   protects the most photos
+{presets}
 --steps and --confidence override the preset's values; --alpha sets alpha instead of a preset (with the
 default preset's steps and margin) and cannot be given together with --preset.
 
@@ -51,6 +49,20 @@ written), 130 interrupted (rerun to resume).
 """
 
 
+def _preset_lines() -> str:
+    """The presets of the epilog, from the tables themselves (`--robust web` has its own)."""
+    from hasmap_jax.protect import DEFAULT_PRESET, PRESETS, WEB_PRESETS
+
+    lines = []
+    for label, table in (("", PRESETS), ("with --robust web: ", WEB_PRESETS)):
+        if label:
+            lines.append(f"  {label}")
+        for name, p in table.items():
+            what = "the default" if name == DEFAULT_PRESET else p.description.split(";")[0]
+            lines.append(f"  {name:<5} alpha {p.alpha:g}, {p.steps} steps   {what}")
+    return "\n".join(lines)
+
+
 def register(subparsers) -> None:
     from hasmap_jax.protect import DEFAULT_PRESET, PRESETS
 
@@ -59,7 +71,7 @@ def register(subparsers) -> None:
         help="protect photo files and folders against image-quality models",
         description="Protect photos: add a change people do not notice, placed where they are least "
         "sensitive, so that a quality model no longer rates the photos as high quality.",
-        epilog=PROTECT_EPILOG,
+        epilog=PROTECT_EPILOG.format(presets=_preset_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

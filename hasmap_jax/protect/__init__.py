@@ -21,10 +21,12 @@ from hasmap_jax.protect.settings import (
     DEFAULT_PRESET,
     PRESETS,
     PROTOCOL_JPEG_QUALITY,
+    WEB_PRESETS,
     Preset,
     ProtectSettings,
     SettingsMismatch,
     UsageError,
+    presets,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "MANIFEST_NAME",
     "PRESETS",
     "PROTOCOL_JPEG_QUALITY",
+    "WEB_PRESETS",
     "FileResult",
     "FolderLock",
     "FolderLocked",
@@ -42,6 +45,7 @@ __all__ = [
     "ProtectSummary",
     "SettingsMismatch",
     "UsageError",
+    "presets",
     "manifest_files",
     "model_identity",
     "part_name",

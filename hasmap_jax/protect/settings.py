@@ -34,7 +34,23 @@ PRESETS: dict[str, Preset] = {
     "mid": Preset(20.0, 100, 1, 10.0, "the default balance"),
     "high": Preset(10.0, 200, 1, 10.0, "protects the most photos; the change is more often visible up close"),
 }
+#: The same names for `--robust web`, whose loss also scores drawn JPEG / resized / blurred / cropped /
+#: flipped views and whose success needs every one of them rated low: it needs a smaller alpha and
+#: more steps. Measured on the six example photos (benchmarks/robust_profiles.py, README "Figures"):
+#: with the table above's mid preset (alpha 20, 100 steps) and at alpha 2 or 10 with 100 steps none
+#: was protected; at alpha 2 with 300 steps two of six. "low" and "high" follow alpha's usual
+#: direction and are not measured yet.
+WEB_PRESETS: dict[str, Preset] = {
+    "low": Preset(5.0, 300, 1, 10.0, "faintest change; protects the fewest photos"),
+    "mid": Preset(2.0, 300, 1, 10.0, "the default balance"),
+    "high": Preset(1.0, 300, 1, 10.0, "protects the most photos; the change is more often visible up close"),
+}
 DEFAULT_PRESET = "mid"
+
+
+def presets(robust: str = "jpeg90") -> dict[str, Preset]:
+    """The named presets for a `--robust` choice: `WEB_PRESETS` for "web", else `PRESETS`."""
+    return WEB_PRESETS if robust == "web" else PRESETS
 #: The MediaEval 2020 protocol JPEG-compresses every protected image at this quality before scoring.
 PROTOCOL_JPEG_QUALITY = 90
 
@@ -68,7 +84,9 @@ class ProtectSettings:
         "jpeg90" (default: the JPEG chain above), "web" (JPEG 60-95, downscaling to 50-100 %,
         light blur, small crops and flips, judged after real Pillow operations at the profile's
         checkpoints; JPEG output is saved at `quality` first) or "off" (the paper's plain loss;
-        also turns `robust_jpeg` off).
+        also turns `robust_jpeg` off). "web" has presets of its own (`WEB_PRESETS`):
+        `ProtectSettings.from_preset("mid", robust="web")`, as the command line does; the field
+        defaults are those of `PRESETS["mid"]`.
       confidence: the margin kappa of `attack_batch` (success needs score <= threshold - kappa/2).
       suffix: appended to each output's stem ("" keeps the name).
       keep_metadata: copy EXIF (orientation 1, no thumbnail) into the outputs.
@@ -136,10 +154,12 @@ class ProtectSettings:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ProtectSettings:
-        """Settings of a named preset ("low", "mid", "high"), with any field overridden."""
-        if name not in PRESETS:
-            raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        p = PRESETS[name]
+        """Settings of a named preset ("low", "mid", "high") for the `robust` choice among the
+        overrides (`presets`: "web" has its own), with any field overridden."""
+        table = presets(overrides.get("robust") or "jpeg90")
+        if name not in table:
+            raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
+        p = table[name]
         preset = {"alpha": p.alpha, "steps": p.steps, "search_steps": p.search_steps, "confidence": p.confidence}
         return cls(**{**preset, **overrides})
 
