@@ -51,6 +51,8 @@ DEFAULT_PRESET = "mid"
 def presets(robust: str = "jpeg90") -> dict[str, Preset]:
     """The named presets for a `--robust` choice: `WEB_PRESETS` for "web", else `PRESETS`."""
     return WEB_PRESETS if robust == "web" else PRESETS
+
+
 #: The MediaEval 2020 protocol JPEG-compresses every protected image at this quality before scoring.
 PROTOCOL_JPEG_QUALITY = 90
 
