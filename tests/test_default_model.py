@@ -339,3 +339,39 @@ def test_manifest_parser_rejects_duplicates_and_bad_files():
         photos.parse_photos("[[photo]\nname = ")
     with pytest.raises(photos.ManifestError, match="unknown top-level key"):
         photos.parse_photos('[[photos]]\nname = "a"\n')
+
+
+def test_severity_rank_correlation_follows_the_score():
+    """Per view and kind: -1 when every stronger degradation scores lower, +1 when higher, and a
+    view whose clean image is not first is refused."""
+    kinds = ["clean", "clean-jpeg90"] + [k for k in qd.KINDS for _ in qd.LEVELS]
+    nominal = [0.0, 0.0] + [s for _ in qd.KINDS for s in qd.LEVELS]
+    kinds, nominal = np.asarray(kinds * 2), np.asarray(nominal * 2)
+    falling = 80.0 - 50.0 * nominal
+    rank = tq.severity_rank_correlations(falling, kinds, nominal)
+    assert all(r["mean"] == pytest.approx(-1.0) and r["share_at_goal"] == 1.0 for r in rank.values())
+    assert all(r["views"] == 2 for r in rank.values())
+    rising = falling.copy()
+    blur = kinds == "blur"
+    rising[blur] = 90.0 + nominal[blur]  # blurred images above their clean ones, and rising
+    rank = tq.severity_rank_correlations(rising, kinds, nominal)
+    assert rank["blur"]["mean"] == pytest.approx(1.0) and rank["blur"]["share_at_goal"] == 0.0
+    assert rank["noise"]["mean"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="clean view"):
+        tq.severity_rank_correlations(falling[2:], kinds[2:], nominal[2:])
+
+
+def test_evaluate_reports_rank_correlation_and_score_range():
+    """The held-out report of a model that scores sharpness: blur and resampling rank -1 per view."""
+
+    class Sharpness:
+        def apply(self, variables, x):
+            dx = jnp.abs(jnp.diff(x, axis=2)).mean(axis=(1, 2, 3))
+            return (1000.0 * dx,)
+
+    photo = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))  # uint8, as load_photo gives
+    report = tq.evaluate(Sharpness(), {}, [photo], views=1)
+    assert report["per_kind"]["blur"]["severity_rank"]["mean"] == pytest.approx(-1.0)
+    assert report["score_range"][0] < report["score_range"][1]
+    text = tq.format_report(report)
+    assert "rank correlation per view" in text and "blur -1.00" in text

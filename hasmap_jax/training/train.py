@@ -335,6 +335,9 @@ def evaluate(
             levels[f"{s:.1f}"] = {"mean_score": share(m, scores), "share_low": share(m, ~high)}
         clear = (kinds == kind) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
         per_kind[kind] = {"n_clear": int(clear.sum()), "share_low_clear": share(clear, ~high), "levels": levels}
+    per_kind_rank = severity_rank_correlations(scores, kinds, nominal)
+    for kind in qd.KINDS:
+        per_kind[kind]["severity_rank"] = per_kind_rank[kind]
     clean = kinds == "clean"
     degraded_clear = np.isin(kinds, qd.KINDS) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
     acc_clean = share(clean, high)
@@ -354,9 +357,57 @@ def evaluate(
             "balanced": (acc_clean + acc_degraded) / 2,
         },
         "mae": float(np.mean(np.abs(scores - targets))),
+        "score_range": [float(scores.min()), float(scores.max())],
         "spearman": spearman(scores, targets),
         "per_kind": per_kind,
     }
+
+
+#: The per-view severity-score rank correlation a good model reaches (issue: default quality model).
+RANK_GOAL = -0.9
+
+
+def severity_rank_correlations(scores, kinds, nominal) -> dict[str, dict[str, float]]:
+    """Per degradation kind, how consistently the score falls as the degradation grows.
+
+    `scores`, `kinds` and `nominal` (applied severity) are the evaluation images in the order
+    `quality_data.evaluation_samples` lays them out: each view starts with its "clean" image. Per
+    view and kind, Spearman's correlation between severity (0 for the clean image, then each level)
+    and score: -1 when every stronger degradation scores lower.
+
+    Returns:
+      per kind: "mean" (over views), "worst" (the highest), "share_at_goal" (share of views with a
+      correlation <= `RANK_GOAL`), "views".
+    """
+    kinds = np.asarray(kinds)
+    view = np.cumsum(kinds == "clean") - 1
+    if view.min(initial=0) < 0:
+        raise ValueError("the evaluation images must start with a clean view")
+    out = {}
+    for kind in qd.KINDS:
+        rhos = []
+        for v in range(int(view.max(initial=-1)) + 1):
+            m = (view == v) & (kinds == kind)
+            if not m.any():
+                continue
+            clean = (view == v) & (kinds == "clean")
+            sev = np.concatenate([np.zeros(int(clean.sum())), np.asarray(nominal)[m]])
+            sc = np.concatenate([np.asarray(scores)[clean], np.asarray(scores)[m]])
+            rhos.append(spearman(sev, sc))
+        r = np.asarray(rhos, np.float64)
+        ok = r[np.isfinite(r)]
+        out[kind] = {
+            "mean": float(ok.mean()) if ok.size else float("nan"),
+            "worst": float(ok.max()) if ok.size else float("nan"),
+            "share_at_goal": float(np.mean(r <= RANK_GOAL)) if r.size else float("nan"),
+            "views": int(r.size),
+        }
+    return out
+
+
+def _range(report: dict[str, Any]) -> str:
+    lo_hi = report.get("score_range")  # absent from reports written before it was added
+    return f"; scores {lo_hi[0]:.1f} .. {lo_hi[1]:.1f}" if lo_hi else ""
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -379,8 +430,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"correct: clean {acc['clean']:.1%}, clean after JPEG 90 {acc['clean_jpeg90']:.1%}, "
         f"clearly degraded (severity >= {qd.CLEAR_SEVERITY}) {acc['degraded_clear']:.1%}",
         f"overall {acc['overall']:.1%} (clean + clearly degraded), balanced {acc['balanced']:.1%}; "
-        f"MAE to target {report['mae']:.1f}, Spearman {report['spearman']:.3f}",
+        f"MAE to target {report['mae']:.1f}, Spearman {report['spearman']:.3f}" + _range(report),
     ]
+    ranks = {k: report["per_kind"][k].get("severity_rank") for k in qd.KINDS}
+    if all(ranks.values()):
+        lines.append(
+            f"severity-score rank correlation per view (mean / worst / share <= {RANK_GOAL}): "
+            + ", ".join(f"{k} {r['mean']:.2f} / {r['worst']:.2f} / {r['share_at_goal']:.0%}" for k, r in ranks.items())
+        )
     return "\n".join(lines)
 
 
