@@ -53,8 +53,16 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--sensitivity", default="default")
     p.add_argument("--threshold", type=float, default=50.0)
+    p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument(
+        "--save",
+        help="write the protected photos as PNG under this new folder, one subfolder per profile, kappa and alpha "
+        "(for `hasmap evaluate ORIGINALS SUBFOLDER --attacks ...`)",
+    )
     args = p.parse_args(argv)
+    if args.save and Path(args.save).exists():
+        raise SystemExit(f"--save {args.save}: exists; give a new folder (nothing is overwritten)")
 
     from hasmap_jax.attack import attack_batch
     from hasmap_jax.metrics import distortion_metrics
@@ -97,6 +105,7 @@ def main(argv=None) -> None:
             steps=args.steps,
             search_steps=args.search_steps,
             confidence=kappa,
+            learning_rate=args.learning_rate,
             progress=_progress(f"{profile} kappa {kappa:g}"),
             robust=profile,
         )
@@ -126,6 +135,8 @@ def main(argv=None) -> None:
                 "seconds_batch": seconds,
             }
             rows.append(row)
+            if args.save:
+                _save(Path(args.save) / f"{profile}-kappa{kappa:g}-alpha{alpha:g}", names, res.images[part])
         print(f"\nprofile {profile}, kappa {kappa:g}: {len(alphas) * n} images x {args.steps} steps in {seconds:.0f} s")
         print(_table([r for r in rows if (r["profile"], r["kappa"]) == (profile, kappa)], ops))
         sys.stdout.flush()
@@ -145,6 +156,14 @@ def main(argv=None) -> None:
         Path(args.json).write_text(
             json.dumps({"machine": describe_machine(), "args": vars(args), "before": before, "rows": rows}, indent=1)
         )
+
+
+def _save(folder: Path, names, images) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for name, image in zip(names, images, strict=True):
+        Image.fromarray(np.asarray(image)).save(folder / f"{Path(name).stem}.png")
 
 
 def _progress(label: str):

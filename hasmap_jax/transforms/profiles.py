@@ -15,8 +15,8 @@ Shipped profiles (`PROFILES`):
 
   off     the plain loss (the paper's)
   jpeg90  the photo and its JPEG-90 round trip (the MediaEval 2020 protocol); `robust_jpeg=90`
-  web     the photo, one JPEG at quality 60-95 and one of downscaling to 50-87.5 % (then JPEG),
-          light blur (sigma 0.5-1.5), a small crop (90-95 %) or a flip, drawn anew at every step;
+  web     the photo, one JPEG at quality 60-95, one downscaling to 50-87.5 % (then JPEG) and one
+          of light blur (sigma 0.5-1.5), a small crop (90-95 %) or a flip, drawn anew at every step;
           judged after JPEG 90, 75 and 50, resize 0.75 then JPEG 75, resize 0.5 then JPEG 85,
           blur 1, crop 0.9 and flip
 """
@@ -147,10 +147,8 @@ PROFILES: dict[str, Profile | None] = {
         eot=EOT(
             groups=(
                 parse_chains("jpeg60,jpeg70,jpeg80,jpeg90,jpeg95"),
-                parse_chains(
-                    "resize0.5+jpeg85,resize0.625+jpeg75,resize0.75+jpeg90,resize0.875+jpeg70,"
-                    "blur0.5+jpeg90,blur1+jpeg80,blur1.5,crop0.9+jpeg85,crop0.95,flip+jpeg75"
-                ),
+                parse_chains("resize0.5+jpeg85,resize0.625+jpeg75,resize0.75+jpeg90,resize0.875+jpeg70"),
+                parse_chains("blur0.5+jpeg90,blur1+jpeg80,blur1.5,crop0.9+jpeg85,crop0.95,flip+jpeg75"),
             )
         ),
         checkpoints=parse_chains("jpeg90,jpeg75,jpeg50,resize0.75+jpeg75,resize0.5+jpeg85,blur1,crop0.9,flip"),
