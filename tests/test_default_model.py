@@ -280,8 +280,11 @@ def test_manifest_toml_is_shipped_and_loads():
     parsed = photos.parse_photos(text)
     assert parsed == photos.photos() == photos.PHOTOS and len(parsed) >= 30
     assert len({p.name for p in parsed}) == len(parsed)
-    assert {p.split for p in parsed} == {"train", "heldout"}
-    assert set(photos.photos("train")) | set(photos.photos("heldout")) == set(parsed)
+    assert {p.split for p in parsed} == {"train", "heldout", "unseen"}
+    assert set(photos.photos("train")) | set(photos.photos("heldout")) | set(photos.photos("unseen")) == set(parsed)
+    # Unseen packages are held out whole: none of their photos is in the training's splits.
+    unseen = {p.package for p in photos.photos("unseen")}
+    assert unseen and not unseen & {p.package for p in parsed if p.split != "unseen"}
     for p in parsed:
         assert re.fullmatch(r"[0-9a-f]{64}", p.sha256), p.name
         assert p.package != "plasma-workspace-wallpapers" and not p.package.startswith("lomiri-wallpapers"), p.name
@@ -339,6 +342,10 @@ def test_manifest_parser_rejects_duplicates_and_bad_files():
         photos.parse_photos("[[photo]\nname = ")
     with pytest.raises(photos.ManifestError, match="unknown top-level key"):
         photos.parse_photos('[[photos]]\nname = "a"\n')
+    # An "unseen" package is held out whole: none of its photos may be in the training's splits.
+    with pytest.raises(photos.ManifestError, match="'scikit-image'.*held out whole"):
+        photos.parse_photos(_entry() + _entry(name='"b"', split='"unseen"'))
+    assert photos.parse_photos(_entry(split='"unseen"') + _entry(name='"b"', split='"unseen"'))[1].split == "unseen"
 
 
 def test_severity_rank_correlation_follows_the_score():

@@ -18,6 +18,8 @@ examples:
       train (about 15 minutes on 2 CPU cores) and replace weights/default
   hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
       re-print the held-out evaluation of a checkpoint
+  hasmap train-quality --photo-root /opt/tuxpaint-data --evaluate weights/default --split unseen
+      the same on packages the training never read (dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint-data)
 
 The photos come from installed packages (see hasmap_jax.training.photos); the run is seeded.
 exit status: 0 done, 2 --out exists without --force (nothing written) or another usage error.
@@ -46,6 +48,12 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on held-out photos"
+    )
+    p.add_argument(
+        "--split",
+        choices=("heldout", "unseen"),
+        default="heldout",
+        help="with --evaluate: held-out photos of the training's packages, or packages it never read",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--steps", type=int, default=patches.steps, help="steps on patches")
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from hasmap_jax.training.train import TrainConfig, evaluate_checkpoint, format_report, train_default_model
 
     if args.evaluate is not None:
-        report = evaluate_checkpoint(args.evaluate, args.photo_root, views=args.eval_views)
+        report = evaluate_checkpoint(args.evaluate, args.photo_root, views=args.eval_views, split=args.split)
         print(format_report(report))
         return 0
     out = args.out.expanduser().absolute()

@@ -21,6 +21,8 @@ wallpaper packages are deliberately not used: they are kept for independent eval
 Split. By photo, never by crop: within each package, `round(0.3 * n)` photos were drawn as held out
 with `numpy.random.default_rng(20240)` (packages in the order below, one permutation each); the
 held-out photos are never seen in training. The shipped examples in `examples/` are held-out photos.
+Split "unseen": whole packages the training reads nothing from (Debian `tuxpaint-data`'s photographic
+templates), so an evaluation on them also measures photos of another source, camera and processing.
 
 Licences as stated by each package (Debian `/usr/share/doc/PACKAGE/copyright`, the palapeli
 `.desktop` files, scikit-image's `skimage/data/_fetchers.py` docstrings, scikit-learn's
@@ -44,7 +46,8 @@ from typing import Any
 #: The manifest file, in this package.
 MANIFEST_NAME = "photos.toml"
 
-SPLITS = ("train", "heldout")
+#: "unseen": photos of packages the training reads nothing from (whole packages held out).
+SPLITS = ("train", "heldout", "unseen")
 SOURCES = ("debian", "pypi")
 
 #: Debian packages kept out of training and tuning (reserved for independent evaluation): exact
@@ -165,6 +168,13 @@ def parse_photos(text: str, source: str = "<string>") -> tuple[Photo, ...]:
             )
         seen[photo.name] = i
         out.append(photo)
+    trained = {p.package for p in out if p.split != "unseen"}
+    mixed = sorted({p.package for p in out if p.split == "unseen"} & trained)
+    if mixed:
+        raise ManifestError(
+            f"{source}: package(s) {', '.join(map(repr, mixed))} have 'unseen' photos and photos of the "
+            "training's splits; an unseen package is held out whole"
+        )
     return tuple(out)
 
 
@@ -187,9 +197,9 @@ def __getattr__(name: str) -> Any:
 
 
 def photos(split: str | None = None) -> tuple[Photo, ...]:
-    """The photos of one split ("train" or "heldout"), or all of them."""
+    """The photos of one split ("train", "heldout" or "unseen"), or all of them."""
     if split not in (None, *SPLITS):
-        raise ValueError(f"unknown split {split!r}; expected 'train', 'heldout' or None")
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} or None")
     return tuple(p for p in _manifest() if split is None or p.split == split)
 
 

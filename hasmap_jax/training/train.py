@@ -634,11 +634,19 @@ def train_default_model(
 
 
 def evaluate_checkpoint(
-    source: str | os.PathLike, photo_roots: Sequence[str] = (), *, views: int = 3, log: Callable[[str], None] = print
+    source: str | os.PathLike,
+    photo_roots: Sequence[str] = (),
+    *,
+    views: int = 3,
+    split: str = "heldout",
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The held-out evaluation (`evaluate`) of a quality checkpoint; print it with `format_report`."""
+    """The evaluation (`evaluate`) of a quality checkpoint on the photos of `split` ("heldout": held-out
+    photos of the training's packages; "unseen": packages it never read); print it with `format_report`."""
     from hasmap_jax.weights.loading import load_quality_model
 
+    if split not in ("heldout", "unseen"):
+        raise ValueError(f"evaluate on 'heldout' or 'unseen' photos, not {split!r}")
     model = load_quality_model(source)
-    heldout = _prepared("heldout", photo_roots, log)
-    return evaluate(model.module, model.variables, heldout, views=views)
+    photos = _prepared(split, photo_roots, log)
+    return {**evaluate(model.module, model.variables, photos, views=views), "split": split}
