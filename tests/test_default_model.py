@@ -63,7 +63,7 @@ def test_default_card(model):
     assert model.module.pooling == "global" and model.module.width < 1 and sum(model.module.depths) < 39
     # training data: every photo with package, path, sha256, licence and split; the manifest in the card is the code's
     listed = card["training_data"]["photos"]
-    assert [p["name"] for p in listed] == [p.name for p in photos.PHOTOS]
+    assert [p["name"] for p in listed] == [p.name for p in photos.PHOTOS if p.split != "unseen"]
     for p in listed:
         assert p["package"] and p["version"] and p["path"] and p["license"] and p["split"] in ("train", "heldout")
         assert re.fullmatch(r"[0-9a-f]{64}", p["sha256"])

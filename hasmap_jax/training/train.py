@@ -456,6 +456,8 @@ def _prepared(split: str, roots: Sequence[str], log) -> list[np.ndarray]:
 def _card(
     module: KonCept512, config: TrainConfig, report: dict[str, Any], wall_s: float, command: str
 ) -> dict[str, Any]:
+    # The photos the training reads (train, and heldout for its evaluation); "unseen" packages are not its data.
+    read = [p for p in photo_manifest.PHOTOS if p.split != "unseen"]
     manifest = [
         {
             "name": p.name,
@@ -469,7 +471,7 @@ def _card(
             "credit": p.credit,
             "split": p.split,
         }
-        for p in photo_manifest.PHOTOS
+        for p in read
     ]
     return {
         "kind": "quality",
@@ -503,7 +505,7 @@ def _card(
             ],
             "manifest_module": "hasmap_jax.training.photos",
             "photos": manifest,
-            "licenses": sorted({p.license for p in photo_manifest.PHOTOS}),
+            "licenses": sorted({p.license for p in read}),
         },
         "degradations": {
             "kinds": {
