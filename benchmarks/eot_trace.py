@@ -3,7 +3,8 @@
 Runs the attack's own compiled pieces (`hasmap_jax.attack.loop.begin` / `batch_step`) with a
 profile that draws its views (default "web"), one search step at a fixed alpha, no early stop, and
 prints per photo the score of every chain of the profile the last time it was drawn (inf: not drawn
-yet in this search step), with the least weighted distortion that succeeded so far. A photo counts
+yet in this search step), the PSNR of the current iterate, and the least weighted distortion that
+succeeded so far (with its PSNR). A photo counts
 as protected only when every chain is at or under threshold - kappa/2 at once, so the slowest
 chain decides how many steps a preset needs.
 
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
 
     import jax
     import jax.numpy as jnp
+    import optax
 
     from hasmap_jax.attack.batch import prepare_model
     from hasmap_jax.attack.loop import Plan, batch_step, begin
@@ -74,8 +76,6 @@ def main(argv=None) -> None:
 
     attacker = prepare_model(model, mesh=data_mesh(), fold_batchnorm=True, compute_dtype=jnp.float32)
     maps = sensitivity_maps("default", x8)
-    import optax
-
     parts = [smooth_gradients(args.grad_blur)] if args.grad_blur > 0 else []
     if args.optimizer == "l2sgd":
         parts += [normalize_rms(), optax.sgd(args.learning_rate, momentum=0.9)]

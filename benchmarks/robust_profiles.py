@@ -12,8 +12,8 @@ rated high after the worst operation) at a mean PSNR of at least `--psnr-floor` 
     python benchmarks/robust_profiles.py --profiles off,jpeg90,web --alphas 2,5,10,20 --steps 100
 
 All alphas of one profile run as one batch (alpha is per image). On a 2-core CPU a "web" batch of
-12 images x 100 steps took 987 s and 6 images x 300 steps 1545 s
-(benchmarks/results/cpu_robust_profiles_web_*.txt); the time grows with images x steps.
+6 images x 300 steps took 2049 s (three drawn views per step; 1545 s with the earlier two,
+benchmarks/results/cpu_robust_profiles_web_*.txt); the time grows with images x steps.
 """
 
 from __future__ import annotations

@@ -369,7 +369,8 @@ def test_severity_rank_correlation_follows_the_score():
 
 
 def test_evaluate_reports_rank_correlation_and_score_range():
-    """The held-out report of a model that scores sharpness: blur and resampling rank -1 per view."""
+    """The held-out report of a model that scores sharpness: blur ranks -1 per view, and the report
+    prints it with the score range."""
 
     class Sharpness:
         def apply(self, variables, x):
