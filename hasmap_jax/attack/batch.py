@@ -148,6 +148,7 @@ def attack_batch(
     *,
     model=None,
     sensitivity: Any = None,
+    sensitivity_floor: float = 0.0,
     threshold: float = 50.0,
     steps: int = 100,
     learning_rate: float = 1e-2,
@@ -174,6 +175,12 @@ def attack_batch(
       model: a `QualityModel` (`load_quality_model`); default: the shipped default model.
       sensitivity: "default" / None (the default map model), "uniform" (plain L2, the C&W attack),
         a model with `apply(images) -> maps` (e.g. a `SensitivityModel`), or maps (N, H, W) in [0, 1].
+      sensitivity_floor: the maps are raised to at least this value (S' = max(S, floor), 0 .. 1):
+        the least sensitive pixels still cost floor^2 per unit of squared change, so the change is
+        not piled up in texture without bound (0, the default: the map as it is; 1: plain L2).
+        With `robust="web"` the change grows until many transformed views fail, and the map
+        alone then concentrates it in texture at a high plain-L2 cost (README, "Surviving what
+        photo sites do").
       threshold: tau; an image is rated high quality when its score exceeds it (MediaEval 2020: 50).
       steps: optimisation steps per search step.
       learning_rate: Adam's learning rate on w (the authors used 5e-3 with 5 x 100 steps).
@@ -265,6 +272,8 @@ def attack_batch(
         raise ValueError(f"alpha must be positive and finite, got {alpha}")
     if steps < 1 or search_steps < 1:
         raise ValueError("steps and search_steps must be at least 1")
+    if not (np.isfinite(sensitivity_floor) and 0.0 <= sensitivity_floor <= 1.0):
+        raise ValueError(f"sensitivity_floor must be in [0, 1], got {sensitivity_floor}")
     loop = default_loop() if loop == "auto" else loop
     if loop not in ("host", "device"):
         raise ValueError(f"loop: expected 'auto', 'host' or 'device', got {loop!r}")
@@ -278,6 +287,8 @@ def attack_batch(
     jpeg_chain = profile.jpeg_chain if profile is not None else ()
     (xs, alphas_s), _ = shard_batch((x8, alphas), mesh=mesh)
     maps = sensitivity_maps(sensitivity, xs)
+    if sensitivity_floor:
+        maps = (jnp if isinstance(maps, jax.Array) else np).maximum(maps, np.float32(sensitivity_floor))
     if not isinstance(maps, jax.Array):
         (maps,), _ = shard_batch((maps,), mesh=mesh)
     scalars = [jnp.float32(v) for v in (threshold, confidence, learning_rate)]

@@ -156,12 +156,17 @@ def robustness_table(ev) -> str:
         return "n/a" if v is None else f"{100 * v:.1f} %"
 
     width = max(len("operation"), *(len(a) for a in ev.attacks))
-    head = f"{'operation':<{width}}  {'originals':>9}" + "".join(f"  {r.name[:17]:>17}" for r in ev.runs)
-    sub = f"{'':<{width}}  {'high':>9}" + "".join(f"  {'high':>8} {'low':>8}" for _ in ev.runs)
+    cols = [max(17, len(r.name)) for r in ev.runs]  # a run's name heads its two columns, whole
+    head = f"{'operation':<{width}}  {'originals':>9}" + "".join(
+        f"  {r.name:>{c}}" for r, c in zip(ev.runs, cols, strict=True)
+    )
+    sub = f"{'':<{width}}  {'high':>9}" + "".join(f"  {'high':>{c - 9}} {'low':>8}" for c in cols)
     lines = ["robustness: share of photos rated high after each operation (lower is better protection)", head, sub]
     for a in ev.attacks:
         per = [r.summary.get("robustness", {}).get(a, {}) for r in ev.runs]
         base = next((p.get("originals_high") for p in per if p.get("originals_high") is not None), None)
-        cells = "".join(f"  {pct(p.get('high')):>8} {pct(p.get('low')):>8}" for p in per)
+        cells = "".join(
+            f"  {pct(p.get('high')):>{c - 9}} {pct(p.get('low')):>8}" for p, c in zip(per, cols, strict=True)
+        )
         lines.append(f"{a:<{width}}  {pct(base):>9}{cells}")
     return "\n".join(lines)

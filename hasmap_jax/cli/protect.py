@@ -59,7 +59,8 @@ def _preset_lines() -> str:
             lines.append(f"  {label}")
         for name, p in table.items():
             what = "the default" if name == DEFAULT_PRESET else p.description.split(";")[0]
-            lines.append(f"  {name:<5} alpha {p.alpha:g}, {p.steps} steps   {what}")
+            floor = f", map floor {p.sensitivity_floor:g}" if p.sensitivity_floor else ""
+            lines.append(f"  {name:<5} alpha {p.alpha:g}, {p.steps} steps{floor}   {what}")
     return "\n".join(lines)
 
 
@@ -105,6 +106,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--sensitivity", default="default", help="default (JND map), uniform (plain L2), or a sensitivity model path"
+    )
+    p.add_argument(
+        "--sensitivity-floor",
+        type=float,
+        metavar="F",
+        help="raise the sensitivity map to at least F (0..1): the change is not piled up in texture without "
+        "bound (default: the preset's; 0 for jpeg90)",
     )
     p.add_argument("--format", choices=["png", "jpeg"], default="png", help="output format (default: %(default)s)")
     p.add_argument("--quality", type=jpeg_quality, default=90, help="JPEG output quality (default: %(default)s)")
@@ -184,6 +192,8 @@ def settings_from_args(args: argparse.Namespace, model_id: str):
         overrides["search_steps"] = args.search_steps
     if args.confidence is not None:
         overrides["confidence"] = args.confidence
+    if args.sensitivity_floor is not None:
+        overrides["sensitivity_floor"] = args.sensitivity_floor
     return ProtectSettings.from_preset(args.preset or DEFAULT_PRESET, **overrides)
 
 

@@ -516,6 +516,7 @@ def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, pr
     kwargs: dict[str, Any] = dict(
         model=model,
         sensitivity=sensitivity,
+        sensitivity_floor=settings.sensitivity_floor,
         threshold=settings.threshold,
         steps=settings.steps,
         search_steps=settings.search_steps,
