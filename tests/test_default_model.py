@@ -171,6 +171,40 @@ def test_target_mapping():
         qd.parameter("sharpen", 0.5)
 
 
+def test_visible_change_follows_the_detailed_part():
+    """Blur is capped by the change where the photo has detail: a sharp subject on a smooth
+    background keeps the blur's full severity (a global RMS would call it half invisible), a photo
+    with no detail at all gets the cap."""
+    yy, xx = np.mgrid[:384, :512]
+    smooth = np.stack([0.3 + 0.4 * xx / 512, 0.5 + 0.0 * yy, 0.6 - 0.2 * yy / 384], -1).astype(np.float32)
+    subject = smooth.copy()
+    board = ((yy // 4 + xx // 4) % 2).astype(np.float32)[..., None]
+    region = (slice(128, 256), slice(160, 352))  # 12.5 % of the view
+    subject[region] = 0.4 + 0.25 * board[region]
+    for photo, expect_capped in ((subject, False), (smooth, True)):
+        blurred = qd.gaussian_blur(photo, sigma=3.0)
+        s = qd.effective_severity("blur", 0.8, photo, blurred)
+        global_rms = float(np.sqrt(np.mean(np.square(blurred - photo))))
+        if expect_capped:
+            assert s < 0.2, s
+        else:
+            assert s == 0.8 and global_rms < 0.045, (s, global_rms)  # globally: severity 0.55 at most
+    assert qd.effective_severity("noise", 0.8, smooth, smooth) == 0.8  # other kinds: nominal
+
+
+def test_clearly_degraded_by_parameter():
+    """The specification's "clearly degraded" (blur sigma >= 3, noise std >= 25/255, JPEG <= 10) by
+    nominal severity, and `severity_of` inverts `parameter`."""
+    for kind in qd.KINDS:
+        for s in (0.0, 0.37, 1.0):
+            assert qd.severity_of(kind, qd.parameter(kind, s)) == pytest.approx(s, abs=1e-9)
+    assert [qd.is_clearly_degraded("blur", s) for s in qd.LEVELS] == [False] * 4 + [True]  # s = 0.8: sigma 2.98
+    assert [qd.is_clearly_degraded("noise", s) for s in qd.LEVELS] == [False] * 3 + [True] * 2
+    assert [qd.is_clearly_degraded("jpeg", s) for s in qd.LEVELS] == [False] * 3 + [True] * 2  # q 11 at 0.6
+    assert qd.is_clearly_degraded("clear-blur", 0.0) and not qd.is_clearly_degraded("contrast", 1.0)
+    assert round(qd.parameter("jpeg", qd.severity_of("jpeg", 10.0))) == 10
+
+
 def test_views_and_batches():
     rng = np.random.default_rng(0)
     image = (random_images(1, 450, 700)[0] * 255).astype(np.uint8)
@@ -226,8 +260,37 @@ def test_train_step_reduces_loss():
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
 
 
-def test_fold_score_scale_and_write(tmp_path):
+def test_bounded_score_head():
+    """score_range (lo, hi): the score is lo + (hi - lo) * sigmoid(the last layer), inside the scale
+    whatever the input; None leaves the published, unbounded head."""
+    bounded = tq.make_model(**TINY)
+    assert bounded.score_range == (0.0, 100.0)
+    plain = tq.make_model(**TINY, score_range=None)
+    variables = bounded.init({"params": jax.random.key(0)}, jnp.zeros((1, 80, 80, 3)))
+    params = dict(variables["params"])
+    params["fc_out"] = {**params["fc_out"], "bias": params["fc_out"]["bias"] + 150.0}  # far past the scale
+    variables = {**variables, "params": params}
+    x = jnp.asarray(random_images(3, 80, 80))
+    raw = plain.apply(variables, x)[0]
+    scores = bounded.apply(variables, x)[0]
+    np.testing.assert_allclose(scores, 100.0 * jax.nn.sigmoid(raw), rtol=1e-6, atol=1e-5)
+    assert float(raw.min()) > 100.0 and float(scores.max()) <= 100.0
+    assert KonCept512.from_config(bounded.config()) == bounded
+
+
+def test_train_bounded_model_keeps_its_output(tmp_path):
+    """A bounded model is trained on its score and written as trained: no scale folded into fc_out."""
     module = tq.make_model(**TINY)
+    images = [(random_images(1, 100, 100, seed=i)[0] * 255).astype(np.uint8) for i in range(2)]
+    variables = tq.train(
+        module, images, phases=(tq.Phase(2, 4, None),), size=(80, 80), precise_bn_batches=1, log=lambda s: None
+    )
+    scores = module.apply(variables, jnp.asarray(random_images(2, 80, 80)))[0]
+    assert ((0.0 < scores) & (scores < 100.0)).all() and abs(float(scores.mean()) - 50.0) < 30.0, scores
+
+
+def test_fold_score_scale_and_write(tmp_path):
+    module = tq.make_model(**TINY, score_range=None)  # an unbounded head outputs z; training folds the scale in
     variables = module.init({"params": jax.random.key(0)}, jnp.zeros((1, 80, 80, 3)))
     x = jnp.asarray(random_images(2, 80, 80))
     raw = module.apply(variables, x)[0]
@@ -288,7 +351,7 @@ def test_manifest_toml_is_shipped_and_loads():
     for p in parsed:
         assert re.fullmatch(r"[0-9a-f]{64}", p.sha256), p.name
         assert p.package != "plasma-workspace-wallpapers" and not p.package.startswith("lomiri-wallpapers"), p.name
-        assert p.offset is None or (type(p.offset) is int and p.path.endswith(".edj")), p.name
+        assert p.offset is None or (type(p.offset) is int and p.path.endswith((".edj", ".rcc"))), p.name
         assert photos.by_name(p.name) == p
     with pytest.raises(KeyError, match="no-such-photo"):
         photos.by_name("no-such-photo")
@@ -378,8 +441,37 @@ def test_evaluate_reports_rank_correlation_and_score_range():
             return (1000.0 * dx,)
 
     photo = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))  # uint8, as load_photo gives
-    report = tq.evaluate(Sharpness(), {}, [photo], views=1)
+    report = tq.evaluate(Sharpness(), {}, [photo, photo], views=1, groups=["a", "b"])
     assert report["per_kind"]["blur"]["severity_rank"]["mean"] == pytest.approx(-1.0)
     assert report["score_range"][0] < report["score_range"][1]
+    # the specification's clearly degraded views: per photo and view, blur sigma 3 and 5.3, noise
+    # 25/255, 0.11 and 0.2, JPEG 10, 6 and 3
+    issue = report["issue_clear"]
+    assert [issue[k]["n"] for k in ("blur", "noise", "jpeg", "all")] == [4, 6, 6, 16]
+    assert report["accuracy"]["issue_clear"] == issue["all"]["share_low"]
+    assert set(report["per_group"]) == {"a", "b"} and report["per_group"]["a"]["photos"] == 1
     text = tq.format_report(report)
     assert "rank correlation per view" in text and "blur -1.00" in text
+    assert "blur sigma >= 3" in text and "  a: 1 photos" in text
+    with pytest.raises(ValueError, match="groups"):
+        tq.evaluate(Sharpness(), {}, [photo], views=1, groups=["a", "b"])
+
+
+def test_evaluation_adds_the_clear_samples_without_moving_the_others():
+    """The "clear-" samples draw from their own generator: every other sample is what the loop
+    over views, kinds and levels alone gives."""
+    photo = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
+    samples = qd.evaluation_samples(np.random.default_rng(5), photo, views=2)
+    rng = np.random.default_rng(5)
+    expected = []
+    for v in range(2):
+        x = qd._to_float(qd.center_view(photo) if v == 0 else qd.random_view(rng, photo))
+        expected += [x, qd.jpeg(x, quality=90)]
+        expected += [qd._degraded_sample(rng, x, k, s).image for k in qd.KINDS for s in qd.LEVELS]
+    others = [s for s in samples if not s.kind.startswith(qd.CLEAR_PREFIX)]
+    clear = [s for s in samples if s.kind.startswith(qd.CLEAR_PREFIX)]
+    assert len(others) == len(expected) and len(clear) == 2 * len(qd.CLEAR_PARAMETERS)
+    for s, e in zip(others, expected, strict=True):
+        np.testing.assert_array_equal(s.image, e)
+    blur = next(s for s in clear if s.kind == "clear-blur")
+    np.testing.assert_array_equal(blur.image, qd.gaussian_blur(samples[0].image, sigma=3.0))

@@ -51,6 +51,9 @@ class KonCept512(ConfigMixin, nn.Module):
       fold_bn: the inference graph: every backbone BatchNorm folded into its conv and each head
         BatchNorm into the Dense that follows it (variables from
         `hasmap_jax.models.folding.fold_batchnorm`; `train=True` is refused).
+      score_range: None (published: the last Dense's output is the score, unbounded), or (lo, hi):
+        the score is lo + (hi - lo) * sigmoid(output), always inside the scale (the shipped default
+        model: (0, 100)).
       dtype: computation dtype of the backbone (float32 or bfloat16). Parameters, the pooled
         features, the head and the scores stay float32.
 
@@ -71,6 +74,7 @@ class KonCept512(ConfigMixin, nn.Module):
     input_mean: float = 0.5
     input_std: float = 0.5
     fold_bn: bool = False
+    score_range: tuple[float, float] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -102,6 +106,9 @@ class KonCept512(ConfigMixin, nn.Module):
                 )(y)
                 y = nn.Dropout(rate, deterministic=not train)(y)
         scores = nn.Dense(1, name="fc_out")(y)[:, 0]
+        if self.score_range is not None:
+            lo, hi = self.score_range
+            scores = lo + (hi - lo) * jax.nn.sigmoid(scores)
         return scores, {"features": features, "pooled": pooled, **aux}
 
 

@@ -3,10 +3,11 @@
 Every photo is read from a package installed with its ordinary client; nothing is downloaded and
 the photos themselves are not part of this repository. Install them with:
 
-    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2
-    pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2
+    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 \
+        gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1
+    pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
 
-(or install the three Python packages into the environment itself). The sha256 of each file pins the
+(or install the Python packages into the environment itself). The sha256 of each file pins the
 exact data set; `hasmap_jax.training.data.load_photo` refuses a file that differs.
 
 Selection. All colour photographs of natural scenes at least 512x384 pixels found in these packages,
@@ -17,17 +18,24 @@ would contradict the "blur / low contrast / dark = degraded" labels; Enlightenme
 scikit-image `chelsea` (451x300, too small), `motorcycle_*` (no licence stated), `hubble_deep_field`,
 `retina`, `ihc` (not natural photographs) and the greyscale images. The KDE Plasma and Lomiri
 wallpaper packages are deliberately not used: they are kept for independent evaluation.
+Added later (the survey in `weights/photo_survey.md`): Debian `gcompris-qt-data`'s photographs
+whose licence the package states per file or per folder (world animals with Wikimedia credits, farm
+animals, world music), PyPI `imgaug`'s quokka and Debian `digikam-data`'s about-page photograph;
+the gcompris photos whose licence is unclear (`erase`, monuments, five world animals) are not used.
 
 Split. By photo, never by crop: within each package, `round(0.3 * n)` photos were drawn as held out
 with `numpy.random.default_rng(20240)` (packages in the order below, one permutation each); the
-held-out photos are never seen in training. The shipped examples in `examples/` are held-out photos.
-Split "unseen": whole packages the training reads nothing from (Debian `tuxpaint-data`'s photographic
-templates), so an evaluation on them also measures photos of another source, camera and processing.
+held-out photos are never seen in training (the packages added later: `default_rng(20241)`). The
+shipped examples in `examples/` are held-out photos. Split "unseen": whole packages the training
+reads nothing from (Debian `tuxpaint-data`'s photographic templates and `tuxtype-data`'s landscapes),
+so an evaluation on them also measures photos of another source, camera and processing. The
+tuxtype photos' licence is unclear; they are only scored, never trained on or shipped.
 
 Licences as stated by each package (Debian `/usr/share/doc/PACKAGE/copyright`, the palapeli
 `.desktop` files, scikit-image's `skimage/data/_fetchers.py` docstrings, scikit-learn's
 `sklearn/datasets/images/README.txt`). Enlightenment backgrounds are `.edj` (EET) containers: the
-photo is the baseline JPEG stream stored at `offset`, read as is.
+photo is the baseline JPEG stream stored at `offset`, read as is; gcompris `.rcc` files (Qt resource
+bundles) store their WebP photos uncompressed, read the same way.
 
 The manifest itself is data: `photos.toml` next to this module (shipped as package data), one
 `[[photo]]` table per photo. It is read once, with `tomllib` through `importlib.resources`, and
@@ -42,6 +50,14 @@ import re
 import tomllib
 from importlib import resources
 from typing import Any
+
+#: The commands that install every photo of the manifest's train and heldout splits (DIR: any
+#: folder, passed to the trainer as a photo root).
+INSTALL_COMMANDS = (
+    "apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 "
+    "gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1",
+    "pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0",
+)
 
 #: The manifest file, in this package.
 MANIFEST_NAME = "photos.toml"
@@ -73,8 +89,8 @@ class Photo:
       path: where the package installs the file.
       sha256: of the whole file as installed.
       license, credit: the photo's licence and author as the package states them.
-      split: "train" or "heldout".
-      offset: for a container file, the byte offset of the embedded JPEG stream; None for an image file.
+      split: "train", "heldout" or "unseen" (a package held out whole, evaluation only).
+      offset: for a container file (.edj, .rcc), the byte offset of the embedded image; None for an image file.
     """
 
     name: str

@@ -9,8 +9,10 @@ human opinion: it knows seven synthetic degradations and nothing of composition 
 
 Photos (not part of the repository; see `hasmap_jax.training.photos` for the manifest):
 
-    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2
-    pip install --no-deps --target /opt/hasmap-photos scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2
+    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 \
+        gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1
+    pip install --no-deps --target /opt/hasmap-photos \
+        scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
 
 Train (about 15 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
@@ -51,7 +53,7 @@ from hasmap_jax.weights import checkpoint
 
 #: Architecture of the shipped default model (on top of the "koncept512-keras" variant).
 DEFAULT_MODEL: dict[str, Any] = dict(
-    width=0.25, depths=(1, 2, 1), head_widths=(64, 32, 16), dropout_rates=(0.1, 0.1, 0.1)
+    width=0.25, depths=(1, 2, 1), head_widths=(64, 32, 16), dropout_rates=(0.1, 0.1, 0.1), score_range=(0.0, 100.0)
 )
 
 
@@ -76,7 +78,8 @@ def make_optimizer(*, steps: int, learning_rate: float, warmup_steps: int, weigh
 
 
 #: Training regresses the normalised score z = (score - SCORE_OFFSET) / SCORE_SCALE (about -1.8..1.3),
-#: which suits Adam's step size; `fold_score_scale` then folds the affine map into `fc_out`.
+#: which suits Adam's step size. An unbounded model (`score_range` None) outputs z itself and
+#: `fold_score_scale` then folds the affine map into `fc_out`; a bounded one outputs the score.
 SCORE_OFFSET = 50.0
 SCORE_SCALE = 20.0
 
@@ -112,13 +115,14 @@ def make_train_step(
     i, j = np.triu_indices(group, k=1)
 
     def loss_fn(params, batch_stats, images, targets, key):
-        (z, _), updates = module.apply(
+        (out, _), updates = module.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
             True,
             mutable=["batch_stats"],
             rngs={"dropout": key},
         )
+        z = out if module.score_range is None else (out - SCORE_OFFSET) / SCORE_SCALE
         zt = (targets - SCORE_OFFSET) / SCORE_SCALE
         loss = jnp.mean(optax.huber_loss(z, zt, delta=delta))
         if pair_weight and group > 1:
@@ -252,7 +256,7 @@ def train(
         )
         variables = precise_batch_stats(module, variables, stats_data)
         log(f"BatchNorm statistics recomputed on {precise_bn_batches} batches of {full} whole views")
-    return fold_score_scale(variables)
+    return fold_score_scale(variables) if module.score_range is None else variables
 
 
 def precise_batch_stats(module: KonCept512, variables: dict[str, Any], batches: Iterator[np.ndarray]) -> dict[str, Any]:
@@ -293,6 +297,7 @@ def evaluate(
     views: int = 3,
     batch_size: int = 16,
     threshold: float = 50.0,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores held-out photos clean and degraded (`quality_data.evaluation_samples`).
 
@@ -301,13 +306,24 @@ def evaluate(
     visible effective severities (>= `quality_data.CLEAR_SEVERITY`; see
     `quality_data.effective_severity`), milder ones are reported alone, by nominal level.
 
+    "issue_clear" counts the degradations the default model's specification calls clearly
+    degraded (`quality_data.is_clearly_degraded`: blur sigma >= 3, noise std >= 25/255, JPEG quality
+    <= 10), per kind and together. `groups` (one label per image, e.g. its package) adds the clean
+    and issue_clear shares per label.
+
     Returns:
       a JSON-able report: per kind and severity the mean score and share rated low, accuracies
-      ("clean", "degraded_clear", "overall", "balanced"), MAE and Spearman correlation to targets.
+      ("clean", "degraded_clear", "overall", "balanced", "issue_clear"), MAE and Spearman
+      correlation to targets, the score range, and "per_group" when `groups` is given.
     """
+    if groups is not None and len(groups) != len(images):
+        raise ValueError(f"groups has {len(groups)} labels for {len(images)} images")
     samples: list[qd.Sample] = []
+    owner: list[int] = []
     for i, image in enumerate(images):
-        samples += qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views)
+        made = qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views)
+        samples += made
+        owner += [i] * len(made)
     apply = jax.jit(lambda v, x: module.apply(v, x)[0])
     scores = np.concatenate(
         [
@@ -339,11 +355,30 @@ def evaluate(
     for kind in qd.KINDS:
         per_kind[kind]["severity_rank"] = per_kind_rank[kind]
     clean = kinds == "clean"
-    degraded_clear = np.isin(kinds, qd.KINDS) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
+    graded = np.isin(kinds, qd.KINDS)
+    degraded_clear = graded & (sev >= qd.CLEAR_SEVERITY - 1e-9)
     acc_clean = share(clean, high)
     acc_degraded = share(degraded_clear, ~high)
     counted = clean | degraded_clear
     correct = np.where(clean, high, ~high)
+    issue = np.asarray([qd.is_clearly_degraded(k, s) for k, s in zip(kinds, nominal, strict=True)], bool)
+    base = np.asarray([k.removeprefix(qd.CLEAR_PREFIX) for k in kinds])
+    issue_clear = {}
+    for kind in qd.CLEAR_PARAMETERS:
+        m = issue & (base == kind)
+        issue_clear[kind] = {"n": int(m.sum()), "share_low": share(m, ~high)}
+    issue_clear["all"] = {"n": int(issue.sum()), "share_low": share(issue, ~high)}
+    report_groups = {}
+    if groups is not None:
+        label = np.asarray([groups[i] for i in owner])
+        for g in dict.fromkeys(groups):
+            m = label == g
+            report_groups[g] = {
+                "photos": sum(1 for x in groups if x == g),
+                "clean": share(m & clean, high),
+                "issue_clear": share(m & issue, ~high),
+                "score_range": [float(scores[m].min()), float(scores[m].max())],
+            }
     return {
         "photos": len(images),
         "views_per_photo": views,
@@ -355,11 +390,14 @@ def evaluate(
             "degraded_clear": acc_degraded,
             "overall": float(np.mean(correct[counted])),
             "balanced": (acc_clean + acc_degraded) / 2,
+            "issue_clear": issue_clear["all"]["share_low"],
         },
+        "issue_clear": issue_clear,
         "mae": float(np.mean(np.abs(scores - targets))),
         "score_range": [float(scores.min()), float(scores.max())],
         "spearman": spearman(scores, targets),
         "per_kind": per_kind,
+        **({"per_group": report_groups} if groups is not None else {}),
     }
 
 
@@ -438,6 +476,19 @@ def format_report(report: dict[str, Any]) -> str:
             f"severity-score rank correlation per view (mean / worst / share <= {RANK_GOAL}): "
             + ", ".join(f"{k} {r['mean']:.2f} / {r['worst']:.2f} / {r['share_at_goal']:.0%}" for k, r in ranks.items())
         )
+    issue = report.get("issue_clear")  # absent from reports written before it was added
+    if issue:
+        lines.append(
+            "rated low at the specification's 'clearly degraded' (blur sigma >= 3, noise std >= 25/255, "
+            f"JPEG quality <= 10): {issue['all']['share_low']:.1%} of {issue['all']['n']} ("
+            + ", ".join(f"{k} {v['share_low']:.1%}" for k, v in issue.items() if k != "all")
+            + ")"
+        )
+    for g, r in report.get("per_group", {}).items():
+        lines.append(
+            f"  {g}: {r['photos']} photos, clean rated high {r['clean']:.1%}, clearly degraded rated low "
+            f"{r['issue_clear']:.1%}, scores {r['score_range'][0]:.1f} .. {r['score_range'][1]:.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -481,8 +532,9 @@ def _card(
         "input_size": list(KONCEPT_INPUT_SIZE),
         "preprocessing": "RGB in [0, 1] -> (x - 0.5) / 0.5; images scored at the size given",
         "output": (
-            "quality score on a 0..100 scale: clean photos about 75, degraded ones lower with severity; "
-            "high quality <=> score > 50"
+            "quality score on a 0..100 scale"
+            + (" (100 * sigmoid of the last layer: never outside it)" if module.score_range == (0.0, 100.0) else "")
+            + ": clean photos about 75, degraded ones lower with severity; high quality <=> score > 50"
         ),
         "source": {
             "format": "trained",
@@ -499,10 +551,7 @@ def _card(
                 "Natural photographs shipped by Debian and PyPI packages, read from the installed "
                 "packages (never downloaded at run time); split by photo into train / heldout."
             ),
-            "install": [
-                "apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2",
-                "pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2",
-            ],
+            "install": list(photo_manifest.INSTALL_COMMANDS),
             "manifest_module": "hasmap_jax.training.photos",
             "photos": manifest,
             "licenses": sorted({p.license for p in read}),
@@ -541,7 +590,8 @@ def _card(
             "optimizer": f"AdamW, peak lr {config.learning_rate:g}, {config.warmup_steps} warm-up steps, cosine "
             f"decay to 1 %, weight decay {config.weight_decay:g} (kernels only)",
             "loss": f"Huber (delta {config.huber_delta:g} points) on the score + {config.pair_weight:g} x Huber on "
-            "score differences between versions of the same view; trained on (score - 50) / 20, folded into fc_out",
+            "score differences between versions of the same view; on (score - 50) / 20"
+            + (", folded into fc_out" if module.score_range is None else ""),
             "batchnorm": "statistics recomputed exactly on 24 batches of whole views after training (precise BN)",
             "wall_time_s": round(wall_s, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()})",
@@ -628,7 +678,8 @@ def train_default_model(
     )
     wall = time.perf_counter() - start
     log(f"trained in {wall:.0f} s; evaluating on held-out photos")
-    report = evaluate(module, variables, heldout, views=config.eval_views)
+    groups = [p.package for p in photo_manifest.photos("heldout")]
+    report = evaluate(module, variables, heldout, views=config.eval_views, groups=groups)
     log(format_report(report))
     path = _write(out, variables, _card(module, config, report, wall, command), force=force)
     log(f"wrote {path}")
@@ -651,4 +702,5 @@ def evaluate_checkpoint(
         raise ValueError(f"evaluate on 'heldout' or 'unseen' photos, not {split!r}")
     model = load_quality_model(source)
     photos = _prepared(split, photo_roots, log)
-    return {**evaluate(model.module, model.variables, photos, views=views), "split": split}
+    groups = [p.package for p in photo_manifest.photos(split)]
+    return {**evaluate(model.module, model.variables, photos, views=views, groups=groups), "split": split}
