@@ -28,7 +28,7 @@ EXAMPLES = {
     "astronaut.png": ("skimage-astronaut", "astronaut Eileen Collins (NASA portrait)"),
     "summer_palace.png": ("sklearn-china", "a pagoda of the Summer Palace, Beijing"),
     "white_flower.png": ("enlightenment-White-Flower", "a frangipani flower among leaves"),
-    "spruce.png": ("enlightenment-Spruce-Needles", "spruce needles against the sky"),
+    "moose.png": ("gcompris-world-moose", "a bull moose lying in heather, a forest behind"),
 }
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         view = quality_data.center_view(quality_data.load_photo(photo, args.photo_root))
         Image.fromarray(view).save(path, optimize=True)
-        where = f"`{photo.path}`" + (f" (JPEG stream at byte {photo.offset})" if photo.offset is not None else "")
+        where = f"`{photo.path}`" + (f" (image stream at byte {photo.offset})" if photo.offset is not None else "")
         rows.append(
             f"| `{fname}` | {what} | {photo.credit} | {photo.license} | "
             f"{photo.source} package `{photo.package}` {photo.version}, {where} |"
@@ -76,9 +76,11 @@ install; the licence is the one the package states for the photo. Each file here
 
 LICENSES_FOOTER = """
 Licence notes:
-- public domain: works of the US federal government (NASA) and photos their authors placed in the
-  public domain, as stated by palapeli-data (`/usr/share/palapeli/collection/*.desktop`, from
-  Wikimedia Commons) and scikit-image (`skimage/data/_fetchers.py`, `astronaut`).
+- public domain: works of the US federal government (NASA, the US Fish and Wildlife Service) and
+  photos their authors placed in the public domain, as stated by palapeli-data
+  (`/usr/share/palapeli/collection/*.desktop`, from Wikimedia Commons), scikit-image
+  (`skimage/data/_fetchers.py`, `astronaut`) and gcompris-qt-data
+  (`/usr/share/doc/gcompris-qt-data/copyright`, the stanza for `animals/moose.jpg`).
 - CC-BY-2.0: Creative Commons Attribution 2.0, https://creativecommons.org/licenses/by/2.0/ ;
   credit as in scikit-learn's `sklearn/datasets/images/README.txt` (Flickr user danielbuechele).
 - BSD-2-clause: the Enlightenment backgrounds, (c) Carsten Haitzler and the Enlightenment

@@ -78,7 +78,20 @@ def test_default_card(model):
     # shipped model (see weights/README.md); what we can hold it to is better than chance on both
     # clean and clearly degraded photos.
     assert all(0.0 <= v <= 1.0 for v in acc.values() if isinstance(v, float)), acc
-    assert acc["clean"] > 0.5 and acc["degraded_clear"] > 0.5, acc
+    assert acc["clean"] > 0.5 and acc["degraded_clear"] > 0.5 and acc["issue_clear"] > 0.9, acc
+    assert card["config"]["score_range"] == [0.0, 100.0]  # bounded: 100 * sigmoid
+    lo, hi = card["heldout_evaluation"]["score_range"]
+    assert 0.0 <= lo < hi <= 100.0
+
+
+def test_default_scores_stay_on_the_scale(model):
+    """Whatever the input (flat black, flat white, full-range noise, a checkerboard), the score is
+    inside 0..100."""
+    h, w = KONCEPT_INPUT_SIZE
+    board = ((np.add.outer(np.arange(h), np.arange(w)) % 2)[..., None] * np.ones(3)).astype(np.float32)
+    x = np.stack([np.zeros((h, w, 3)), np.ones((h, w, 3)), random_images(1, h, w)[0], board]).astype(np.float32)
+    scores = model.score(x)
+    assert ((0.0 <= scores) & (scores <= 100.0)).all(), scores
 
 
 def test_examples_are_held_out_and_licensed():

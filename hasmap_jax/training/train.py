@@ -195,7 +195,7 @@ class Phase(NamedTuple):
 #: Default schedule: most steps on 128x160 patches (a tenth of the pixels, at the model's pixel
 #: scale: many more updates for the same compute), then whole 384x512 views, so that the head
 #: settles on features pooled over the size the model is used at.
-DEFAULT_PHASES = (Phase(4000, 16, (128, 160)), Phase(200, 8, None))
+DEFAULT_PHASES = (Phase(4000, 16, (128, 160)), Phase(400, 8, None))
 
 
 def train(
