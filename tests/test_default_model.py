@@ -82,6 +82,15 @@ def test_default_card(model):
     assert card["config"]["score_range"] == [0.0, 100.0]  # bounded: 100 * sigmoid
     lo, hi = card["heldout_evaluation"]["score_range"]
     assert 0.0 <= lo < hi <= 100.0
+    # the evaluation on packages it never read (`--evaluate weights/default --split unseen --record`)
+    unseen = card["unseen_evaluation"]
+    assert unseen["split"] == "unseen" and "--split unseen" in unseen["command"]
+    assert unseen["photos"] == len(photos.photos("unseen")) and set(unseen["per_group"]) == {
+        p.package for p in photos.photos("unseen")
+    }
+    assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] > 0.8, unseen["accuracy"]
+    assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tq.RANK_GOAL for k in ("blur", "noise", "jpeg"))
+    assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
 
 
 def test_default_scores_stay_on_the_scale(model):
@@ -319,6 +328,26 @@ def test_fold_score_scale_and_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # nothing left aside
     restored = load_quality_model(out)
     np.testing.assert_allclose(restored.apply(x), module.apply(folded, x)[0], rtol=1e-5, atol=1e-4)
+    # --record: an evaluation goes into the card as <split>_evaluation; the weights stay as they were
+    def weights():
+        files = [f for f in out.rglob("*") if f.is_file() and f.name != checkpoint.CARD_NAME]
+        return {f.relative_to(out): f.read_bytes() for f in files}
+
+    before = weights()
+    report = {"split": "unseen", "accuracy": {"clean": 0.5}}
+    tq.record_evaluation(out, report, command="hasmap train-quality ...")
+    card = json.loads((out / checkpoint.CARD_NAME).read_text())
+    assert card["unseen_evaluation"] == {**report, "command": "hasmap train-quality ..."}
+    assert card["note"] == "second"  # the rest of the card is kept
+    assert weights() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and not list(out.glob(".*"))
+
+
+def test_train_quality_record_needs_a_checkpoint(capsys):
+    from hasmap_jax.cli import main
+
+    assert main(["train-quality", "--record"]) == 2
+    assert "--evaluate" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from pathlib import Path
 EPILOG = """\
 examples:
   hasmap train-quality --photo-root /opt/hasmap-photos --force
-      train (about 15 minutes on 2 CPU cores) and replace weights/default
+      train (about 20 minutes on 2 CPU cores) and replace weights/default
   hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
       re-print the held-out evaluation of a checkpoint
-  hasmap train-quality --photo-root /opt/tuxpaint-data --evaluate weights/default --split unseen
-      the same on packages the training never read (dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint-data)
+  hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --evaluate weights/default --split unseen
+      the same on packages the training never read (dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint, and
+      tuxtype-data_*.deb into /opt/tuxtype); --record also writes it into the checkpoint's model card
 
 The photos come from installed packages (see hasmap_jax.training.photos); the run is seeded.
 exit status: 0 done, 2 --out exists without --force (nothing written) or another usage error.
@@ -55,6 +56,11 @@ def register(subparsers) -> None:
         default="heldout",
         help="with --evaluate: held-out photos of the training's packages, or packages it never read",
     )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="with --evaluate: also write the report into the checkpoint's model card (as <split>_evaluation)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--steps", type=int, default=patches.steps, help="steps on patches")
     p.add_argument("--batch-size", type=int, default=patches.batch_size, help="batch on patches")
@@ -81,11 +87,23 @@ def _phases(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Trains and writes --out (or, with --evaluate, prints a checkpoint's held-out evaluation)."""
-    from hasmap_jax.training.train import TrainConfig, evaluate_checkpoint, format_report, train_default_model
+    from hasmap_jax.training.train import (
+        TrainConfig,
+        evaluate_checkpoint,
+        format_report,
+        record_evaluation,
+        train_default_model,
+    )
 
+    command = shlex.join(["hasmap", *getattr(args, "argv", sys.argv[1:])])  # `main` sets args.argv
+    if args.record and args.evaluate is None:
+        print("--record writes an evaluation into a checkpoint's card: give --evaluate CHECKPOINT", file=sys.stderr)
+        return 2
     if args.evaluate is not None:
         report = evaluate_checkpoint(args.evaluate, args.photo_root, views=args.eval_views, split=args.split)
         print(format_report(report))
+        if args.record:
+            print(f"recorded in {record_evaluation(args.evaluate, report, command=command)}")
         return 0
     out = args.out.expanduser().absolute()
     if out.exists() and not args.force:
@@ -102,6 +120,5 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         eval_views=args.eval_views,
     )
-    command = shlex.join(["hasmap", *getattr(args, "argv", sys.argv[1:])])  # `main` sets args.argv
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0

@@ -28,13 +28,14 @@ mapped so that it matches the nominal severity on detailed photos (RMS 0.015 <->
 0.05 <-> s = 0.6, geometric in between). Other kinds are visible whatever the content and keep
 their nominal severity.
 
-The target score is linear in (effective) severity, `target = 80 - 60 * s`: a clean photo scores 80 (KonIQ-10k
-rates good photos about 70-85), s = 0.2 ("barely visible") 68 and s = 0.4 56 stay "high", s = 0.5
+The target score is linear in (effective) severity, `target = 80 - 60 * s`: a clean photo scores 80
+(KonIQ-10k rates good photos about 70-85), s = 0.2 ("barely visible") 68 and s = 0.4 56 stay "high", s = 0.5
 sits at the threshold (50), and clearly visible degradations (s >= 0.6) score 44 or less, down to
 20. The threshold sits between the mild levels and the strengths the default model's specification
 calls clearly degraded (blur sigma 3 = s 0.80, noise std 25/255 = s 0.78, JPEG quality 10 = s 0.62:
 targets 32, 33, 43). Clean photos are also shown after imperceptible processing (JPEG quality 75-95,
-noise std <= 0.004) with the clean target, so that saving a photo as JPEG 90 (the MediaEval 2020 protocol) keeps it "high".
+noise std <= 0.004) with the clean target, so that saving a photo as JPEG 90 (the MediaEval 2020
+protocol) keeps it "high".
 """
 
 from __future__ import annotations

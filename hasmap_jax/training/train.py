@@ -14,7 +14,7 @@ Photos (not part of the repository; see `hasmap_jax.training.photos` for the man
     pip install --no-deps --target /opt/hasmap-photos \
         scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
 
-Train (about 15 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
+Train (about 20 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
     hasmap train-quality --photo-root /opt/hasmap-photos --force
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import json
 import os
 import platform
 import queue
@@ -534,7 +535,8 @@ def _card(
         "output": (
             "quality score on a 0..100 scale"
             + (" (100 * sigmoid of the last layer: never outside it)" if module.score_range == (0.0, 100.0) else "")
-            + ": clean photos about 75, degraded ones lower with severity; high quality <=> score > 50"
+            + f": clean photos trained towards {qd.CLEAN_SCORE:g}, degraded ones lower with severity; "
+            "high quality <=> score > 50"
         ),
         "source": {
             "format": "trained",
@@ -704,3 +706,21 @@ def evaluate_checkpoint(
     photos = _prepared(split, photo_roots, log)
     groups = [p.package for p in photo_manifest.photos(split)]
     return {**evaluate(model.module, model.variables, photos, views=views, groups=groups), "split": split}
+
+
+def record_evaluation(source: str | os.PathLike, report: dict[str, Any], *, command: str = "") -> Path:
+    """Writes `report` (from `evaluate_checkpoint`) into the checkpoint's model card as
+    "<split>_evaluation" (e.g. "unseen_evaluation"), with the command that made it; the card is
+    replaced in one step (`hasmap_jax.files.atomic_output`), the weights are not touched.
+
+    Returns:
+      The card's path.
+    """
+    from hasmap_jax.files import atomic_output
+
+    card_path = Path(source).expanduser() / checkpoint.CARD_NAME
+    card = checkpoint.read_card(card_path.parent)
+    card[f"{report.get('split', 'heldout')}_evaluation"] = {**report, "command": command}
+    with atomic_output(card_path, "w", replace=True) as f:
+        f.write(json.dumps(card, indent=2) + "\n")
+    return card_path
