@@ -356,8 +356,7 @@ def evaluate(
     for kind in qd.KINDS:
         per_kind[kind]["severity_rank"] = per_kind_rank[kind]
     clean = kinds == "clean"
-    graded = np.isin(kinds, qd.KINDS)
-    degraded_clear = graded & (sev >= qd.CLEAR_SEVERITY - 1e-9)
+    degraded_clear = np.isin(kinds, qd.KINDS) & (sev >= qd.CLEAR_SEVERITY - 1e-9)
     acc_clean = share(clean, high)
     acc_degraded = share(degraded_clear, ~high)
     counted = clean | degraded_clear
