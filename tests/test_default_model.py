@@ -300,15 +300,14 @@ def test_bounded_score_head():
     assert KonCept512.from_config(bounded.config()) == bounded
 
 
-def test_train_bounded_model_keeps_its_output(tmp_path):
-    """A bounded model is trained on its score and written as trained: no scale folded into fc_out."""
-    module = tq.make_model(**TINY)
-    images = [(random_images(1, 100, 100, seed=i)[0] * 255).astype(np.uint8) for i in range(2)]
-    variables = tq.train(
-        module, images, phases=(tq.Phase(2, 4, None),), size=(80, 80), precise_bn_batches=1, log=lambda s: None
-    )
-    scores = module.apply(variables, jnp.asarray(random_images(2, 80, 80)))[0]
-    assert ((0.0 < scores) & (scores < 100.0)).all() and abs(float(scores.mean()) - 50.0) < 30.0, scores
+def test_only_an_unbounded_model_gets_the_scale_folded_in():
+    """A bounded model is trained on its score and shipped as trained; an unbounded one outputs the
+    normalised score and gets the scale folded into fc_out (`fold_score_scale`)."""
+    bounded = tq.make_model(**TINY)
+    variables = bounded.init({"params": jax.random.key(0)}, jnp.zeros((1, 80, 80, 3)))
+    assert tq.finished_variables(bounded, variables) is variables
+    out = tq.finished_variables(tq.make_model(**TINY, score_range=None), variables)["params"]["fc_out"]
+    np.testing.assert_allclose(out["bias"], variables["params"]["fc_out"]["bias"] * tq.SCORE_SCALE + tq.SCORE_OFFSET)
 
 
 def test_fold_score_scale_and_write(tmp_path):

@@ -257,6 +257,13 @@ def train(
         )
         variables = precise_batch_stats(module, variables, stats_data)
         log(f"BatchNorm statistics recomputed on {precise_bn_batches} batches of {full} whole views")
+    return finished_variables(module, variables)
+
+
+def finished_variables(module: KonCept512, variables: dict[str, Any]) -> dict[str, Any]:
+    """The trained variables as shipped: an unbounded model (`score_range` None) was trained on the
+    normalised score and gets the scale folded into fc_out (`fold_score_scale`); a bounded one
+    outputs the score itself and is returned as it is."""
     return fold_score_scale(variables) if module.score_range is None else variables
 
 
