@@ -242,6 +242,33 @@ def test_views_and_batches():
     np.testing.assert_array_equal(y2, y3)
 
 
+def test_groups_use_only_the_trained_kinds():
+    rng = np.random.default_rng(0)
+    image = _to_u8_view(random_images(1, 400, 520)[0])
+    seen = set()
+    for _ in range(6):
+        group = qd.random_group(rng, image, 3, crop=(64, 80), kinds=("noise", "jpeg"))
+        assert [s.kind for s in group][0] == "clean" and len({s.kind for s in group[1:]}) == 2
+        seen |= {s.kind for s in group[1:]}
+    assert seen == {"noise", "jpeg"}
+    # more versions than kinds: kinds repeat, but never one that was not asked for
+    assert {s.kind for s in qd.random_group(rng, image, 6, crop=(64, 80), kinds=("blur",))[1:]} == {"blur"}
+    for bad in ((), ("blur", "blur"), ("sharpen",)):
+        with pytest.raises(ValueError, match="kinds"):
+            qd.random_group(rng, image, 3, kinds=bad)
+
+
+def test_train_quality_rejects_unknown_kinds(capsys, tmp_path):
+    from hasmap_jax.cli import main
+
+    assert main(["train-quality", "--kinds", "blur,sharpen", "--out", str(tmp_path / "m")]) == 2
+    assert "sharpen" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def _to_u8_view(image: np.ndarray) -> np.ndarray:
+    return (np.asarray(image) * 255).astype(np.uint8)
+
+
 def test_manifest():
     names = [p.name for p in photos.PHOTOS]
     assert len(set(names)) == len(names) >= 30

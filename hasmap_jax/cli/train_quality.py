@@ -74,6 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--huber-delta", type=float, default=d.huber_delta)
     p.add_argument("--group", type=int, default=d.group, help="versions of each view per batch (1 clean)")
     p.add_argument("--eval-views", type=int, default=d.eval_views)
+    p.add_argument(
+        "--kinds",
+        default=",".join(d.kinds),
+        help="comma-separated degradations to train on (default: %(default)s); the evaluation shows all",
+    )
     p.set_defaults(func=run)
 
 
@@ -109,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"{out} exists; pass --force to replace it", file=sys.stderr)
         return 2
+    from hasmap_jax.training.data import check_kinds
+
+    try:
+        kinds = check_kinds(k.strip() for k in args.kinds.split(",") if k.strip())
+    except ValueError as e:
+        print(f"--kinds: {e}", file=sys.stderr)
+        return 2
     config = TrainConfig(
         seed=args.seed,
         phases=_phases(args),
@@ -119,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         pair_weight=args.pair_weight,
         group=args.group,
         eval_views=args.eval_views,
+        kinds=kinds,
     )
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0

@@ -75,6 +75,15 @@ RANGES = {
 }
 
 
+def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """`kinds` as a tuple, checked: a non-empty subset of `KINDS` without repeats."""
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must be distinct degradations of {KINDS}, got {kinds}")
+    return kinds
+
+
 def target_score(severity: float | np.ndarray) -> float | np.ndarray:
     """The quality score a photo degraded at `severity` in [0, 1] is trained to get (0 = clean)."""
     return CLEAN_SCORE - (CLEAN_SCORE - WORST_SCORE) * np.asarray(severity, dtype=np.float32)
@@ -368,9 +377,10 @@ def random_group(
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     *,
     crop: tuple[int, int] | None = None,
+    kinds: Sequence[str] = KINDS,
 ) -> list[Sample]:
     """`n` versions of one random view: clean (with imperceptible processing), then `n - 1`
-    degradations of distinct kinds at uniform severities.
+    degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities.
 
     Showing the same content clean and degraded in one batch makes the gradient compare
     degradations rather than photos (content varies far more between photos than any degradation);
@@ -383,12 +393,13 @@ def random_group(
         x = x[top : top + crop[0], left : left + crop[1]]
     x = _to_float(x)
     out = [Sample(imperceptible(rng, x), CLEAN_SCORE, "clean", 0.0)]
-    if n - 1 <= len(KINDS):
-        picks = rng.permutation(len(KINDS))[: n - 1]
+    kinds = check_kinds(kinds)
+    if n - 1 <= len(kinds):
+        picks = rng.permutation(len(kinds))[: n - 1]
     else:
-        picks = rng.integers(len(KINDS), size=n - 1)
+        picks = rng.integers(len(kinds), size=n - 1)
     for k in picks:
-        kind, s = KINDS[int(k)], float(rng.uniform(0.0, 1.0))
+        kind, s = kinds[int(k)], float(rng.uniform(0.0, 1.0))
         out.append(_degraded_sample(rng, x, kind, s))
     return out
 
@@ -407,9 +418,10 @@ def random_batch(
     *,
     crop: tuple[int, int] | None = None,
     group: int = 4,
+    kinds: Sequence[str] = KINDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`batch_size // group` photos drawn uniformly with replacement, `group` versions of a random
-    view of each (`random_group`: one clean, the rest degraded).
+    view of each (`random_group`: one clean, the rest degraded by distinct `kinds`).
 
     Returns:
       images (B, H, W, 3) (or (B, *crop, 3)) float32 in [0, 1] and target scores (B,) float32.
@@ -418,7 +430,7 @@ def random_batch(
         raise ValueError(f"batch_size {batch_size} must be a multiple of group {group}")
     samples = []
     for _ in range(batch_size // group):
-        samples += random_group(rng, images[int(rng.integers(len(images)))], group, size, crop=crop)
+        samples += random_group(rng, images[int(rng.integers(len(images)))], group, size, crop=crop, kinds=kinds)
     return np.stack([s.image for s in samples]), np.asarray([s.target for s in samples], np.float32)
 
 

@@ -152,6 +152,7 @@ def batches(
     phases: Sequence[Phase],
     size: tuple[int, int],
     group: int,
+    kinds: Sequence[str] = qd.KINDS,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training batches in order, made by a background thread (Pillow and numpy release the
@@ -167,7 +168,10 @@ def batches(
                     if stop.is_set():
                         return
                     rng = np.random.default_rng([seed, i])
-                    q.put(qd.random_batch(rng, images, phase.batch_size, size, crop=phase.crop, group=group))
+                    batch = qd.random_batch(
+                        rng, images, phase.batch_size, size, crop=phase.crop, group=group, kinds=kinds
+                    )
+                    q.put(batch)
                     i += 1
             q.put(None)
         except BaseException as e:  # hand the error to the consumer instead of hanging it
@@ -211,6 +215,7 @@ def train(
     huber_delta: float = 8.0,
     group: int = 4,
     pair_weight: float = 1.0,
+    kinds: Sequence[str] = qd.KINDS,
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     precise_bn_batches: int = 24,
     log_every: int = 100,
@@ -232,7 +237,7 @@ def train(
     start = time.perf_counter()
     window: list[dict[str, float]] = []
     last_shape = None
-    data = batches(images, seed=seed, phases=phases, size=size, group=group)
+    data = batches(images, seed=seed, phases=phases, size=size, group=group, kinds=kinds)
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
         window.append({k: float(v) for k, v in metrics.items()})
@@ -252,7 +257,7 @@ def train(
     if precise_bn_batches:
         full = phases[-1].batch_size if phases[-1].crop is None else 8
         stats_data = (
-            qd.random_batch(np.random.default_rng([seed, 10**9 + k]), images, full, size, group=group)[0]
+            qd.random_batch(np.random.default_rng([seed, 10**9 + k]), images, full, size, group=group, kinds=kinds)[0]
             for k in range(precise_bn_batches)
         )
         variables = precise_batch_stats(module, variables, stats_data)
@@ -578,10 +583,11 @@ def _card(
                 "resample": "downscale factor (box), upscaled back bicubic or bilinear",
                 "color_cast": "amplitude of the channel gains",
             },
+            "trained": list(config.kinds),
             "views": "random crop 384x512 at a random scale (1-1.5x the covering scale, never upscaled), random mirror",
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
             "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
-            "of distinct kinds at uniform severities",
+            "of distinct trained kinds at uniform severities",
         },
         "target_mapping": {
             "formula": f"score = {qd.CLEAN_SCORE:g} - {qd.CLEAN_SCORE - qd.WORST_SCORE:g} * severity",
@@ -635,6 +641,7 @@ class TrainConfig:
     pair_weight: float = 1.0
     group: int = 4  # versions of each view per batch (1 clean)
     eval_views: int = 3  # views per held-out photo in the evaluation
+    kinds: tuple[str, ...] = qd.KINDS  # degradations trained on (the evaluation shows every kind)
 
 
 def train_default_model(
@@ -682,6 +689,7 @@ def train_default_model(
         huber_delta=config.huber_delta,
         group=config.group,
         pair_weight=config.pair_weight,
+        kinds=config.kinds,
         log=log,
     )
     wall = time.perf_counter() - start
