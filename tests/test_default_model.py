@@ -258,6 +258,23 @@ def test_groups_use_only_the_trained_kinds():
             qd.random_group(rng, image, 3, kinds=bad)
 
 
+def test_tone_jitter_changes_tone_not_detail():
+    rng = np.random.default_rng(1)
+    image = random_images(1, 64, 80)[0].astype(np.float32)
+    outs = [qd.tone_jitter(rng, image) for _ in range(40)]
+    assert all(o.shape == image.shape and o.dtype == np.float32 and 0 <= o.min() <= o.max() <= 1 for o in outs)
+    means = np.asarray([o.mean() for o in outs])
+    assert (means < image.mean() - 0.05).any() and np.isclose(means, image.mean()).any()  # darker sometimes, or not
+    # a tone change keeps the structure: every output correlates with the input
+    assert min(np.corrcoef(o.mean(-1).ravel(), image.mean(-1).ravel())[0, 1] for o in outs) > 0.9
+    # without tone the draws are those of before (no jitter, no extra random numbers)
+    a = qd.random_group(np.random.default_rng(3), _to_u8_view(image), 2, size=(64, 80), kinds=("noise",))
+    b = qd.random_group(np.random.default_rng(3), _to_u8_view(image), 2, size=(64, 80), kinds=("noise",), tone=False)
+    np.testing.assert_array_equal(a[1].image, b[1].image)
+    c = qd.random_group(np.random.default_rng(3), _to_u8_view(image), 2, size=(64, 80), kinds=("noise",), tone=True)
+    assert c[0].target == qd.CLEAN_SCORE
+
+
 def test_train_quality_rejects_unknown_kinds(capsys, tmp_path):
     from hasmap_jax.cli import main
 

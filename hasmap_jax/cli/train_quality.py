@@ -79,6 +79,7 @@ def register(subparsers) -> None:
         default=",".join(d.kinds),
         help="comma-separated degradations to train on (default: %(default)s); the evaluation shows all",
     )
+    p.add_argument("--tone", action="store_true", help="random tone changes of the training views (tone_jitter)")
     p.set_defaults(func=run)
 
 
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         eval_views=args.eval_views,
         kinds=kinds,
+        tone=args.tone,
     )
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0

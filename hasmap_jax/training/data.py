@@ -268,6 +268,26 @@ def color_cast(image: np.ndarray, *, amount: float, hue: float) -> np.ndarray:
     return np.clip(image * gains, 0.0, 1.0)
 
 
+#: Ranges of `tone_jitter`: exposure in EV, contrast factor, colour-cast amplitude; each applied
+#: with probability 1/2.
+TONE_JITTER = {"exposure": (-1.5, 0.5), "contrast": (0.6, 1.0), "color_cast": (0.0, 0.35)}
+
+
+def tone_jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A random change of tone that a photo can have by nature (darker, flatter, tinted: night,
+    fog, a blue aquarium, a sunset), applied to a view before it is shown clean and degraded, so
+    that the model does not take tone for quality. Ranges: `TONE_JITTER`."""
+    image = np.asarray(image, np.float32)
+    if rng.random() < 0.5:
+        image = exposure(image, ev=float(rng.uniform(*TONE_JITTER["exposure"])))
+    if rng.random() < 0.5:
+        image = contrast(image, factor=float(rng.uniform(*TONE_JITTER["contrast"])))
+    if rng.random() < 0.5:
+        amount = float(rng.uniform(*TONE_JITTER["color_cast"]))
+        image = color_cast(image, amount=amount, hue=float(rng.uniform(0.0, 2.0 * np.pi)))
+    return image
+
+
 #: Kinds whose visibility depends on the photo's detail, and the RMS differences that match
 #: severities 0.2 and 0.6 on detailed photos.
 CONTENT_DEPENDENT = ("blur", "resample")
@@ -378,9 +398,11 @@ def random_group(
     *,
     crop: tuple[int, int] | None = None,
     kinds: Sequence[str] = KINDS,
+    tone: bool = False,
 ) -> list[Sample]:
     """`n` versions of one random view: clean (with imperceptible processing), then `n - 1`
-    degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities.
+    degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities. With `tone`, the
+    view's tone is first changed at random (`tone_jitter`), for all `n` versions alike.
 
     Showing the same content clean and degraded in one batch makes the gradient compare
     degradations rather than photos (content varies far more between photos than any degradation);
@@ -392,6 +414,8 @@ def random_group(
         left = int(rng.integers(0, size[1] - crop[1] + 1))
         x = x[top : top + crop[0], left : left + crop[1]]
     x = _to_float(x)
+    if tone:
+        x = tone_jitter(rng, x)
     out = [Sample(imperceptible(rng, x), CLEAN_SCORE, "clean", 0.0)]
     kinds = check_kinds(kinds)
     if n - 1 <= len(kinds):
@@ -419,9 +443,11 @@ def random_batch(
     crop: tuple[int, int] | None = None,
     group: int = 4,
     kinds: Sequence[str] = KINDS,
+    tone: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`batch_size // group` photos drawn uniformly with replacement, `group` versions of a random
-    view of each (`random_group`: one clean, the rest degraded by distinct `kinds`).
+    view of each (`random_group`: one clean, the rest degraded by distinct `kinds`; `tone`: with
+    `tone_jitter`).
 
     Returns:
       images (B, H, W, 3) (or (B, *crop, 3)) float32 in [0, 1] and target scores (B,) float32.
@@ -430,7 +456,8 @@ def random_batch(
         raise ValueError(f"batch_size {batch_size} must be a multiple of group {group}")
     samples = []
     for _ in range(batch_size // group):
-        samples += random_group(rng, images[int(rng.integers(len(images)))], group, size, crop=crop, kinds=kinds)
+        image = images[int(rng.integers(len(images)))]
+        samples += random_group(rng, image, group, size, crop=crop, kinds=kinds, tone=tone)
     return np.stack([s.image for s in samples]), np.asarray([s.target for s in samples], np.float32)
 
 

@@ -153,6 +153,7 @@ def batches(
     size: tuple[int, int],
     group: int,
     kinds: Sequence[str] = qd.KINDS,
+    tone: bool = False,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training batches in order, made by a background thread (Pillow and numpy release the
@@ -169,7 +170,7 @@ def batches(
                         return
                     rng = np.random.default_rng([seed, i])
                     batch = qd.random_batch(
-                        rng, images, phase.batch_size, size, crop=phase.crop, group=group, kinds=kinds
+                        rng, images, phase.batch_size, size, crop=phase.crop, group=group, kinds=kinds, tone=tone
                     )
                     q.put(batch)
                     i += 1
@@ -216,6 +217,7 @@ def train(
     group: int = 4,
     pair_weight: float = 1.0,
     kinds: Sequence[str] = qd.KINDS,
+    tone: bool = False,
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     precise_bn_batches: int = 24,
     log_every: int = 100,
@@ -237,7 +239,7 @@ def train(
     start = time.perf_counter()
     window: list[dict[str, float]] = []
     last_shape = None
-    data = batches(images, seed=seed, phases=phases, size=size, group=group, kinds=kinds)
+    data = batches(images, seed=seed, phases=phases, size=size, group=group, kinds=kinds, tone=tone)
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
         window.append({k: float(v) for k, v in metrics.items()})
@@ -256,10 +258,11 @@ def train(
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if precise_bn_batches:
         full = phases[-1].batch_size if phases[-1].crop is None else 8
-        stats_data = (
-            qd.random_batch(np.random.default_rng([seed, 10**9 + k]), images, full, size, group=group, kinds=kinds)[0]
-            for k in range(precise_bn_batches)
-        )
+        def stats_batch(k: int) -> np.ndarray:
+            rng = np.random.default_rng([seed, 10**9 + k])
+            return qd.random_batch(rng, images, full, size, group=group, kinds=kinds, tone=tone)[0]
+
+        stats_data = (stats_batch(k) for k in range(precise_bn_batches))
         variables = precise_batch_stats(module, variables, stats_data)
         log(f"BatchNorm statistics recomputed on {precise_bn_batches} batches of {full} whole views")
     return finished_variables(module, variables)
@@ -584,7 +587,13 @@ def _card(
                 "color_cast": "amplitude of the channel gains",
             },
             "trained": list(config.kinds),
-            "views": "random crop 384x512 at a random scale (1-1.5x the covering scale, never upscaled), random mirror",
+            "views": "random crop 384x512 at a random scale (1-1.5x the covering scale, never upscaled), random mirror"
+            + (
+                "; random tone (each with p 1/2: exposure EV {exposure}, contrast factor {contrast}, colour cast "
+                "amplitude {color_cast}), the same for the clean and degraded versions".format(**qd.TONE_JITTER)
+                if config.tone
+                else ""
+            ),
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
             "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
             "of distinct trained kinds at uniform severities",
@@ -642,6 +651,7 @@ class TrainConfig:
     group: int = 4  # versions of each view per batch (1 clean)
     eval_views: int = 3  # views per held-out photo in the evaluation
     kinds: tuple[str, ...] = qd.KINDS  # degradations trained on (the evaluation shows every kind)
+    tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
 
 
 def train_default_model(
@@ -690,6 +700,7 @@ def train_default_model(
         group=config.group,
         pair_weight=config.pair_weight,
         kinds=config.kinds,
+        tone=config.tone,
         log=log,
     )
     wall = time.perf_counter() - start
