@@ -74,11 +74,11 @@ def test_default_card(model):
     assert isinstance(card["training"]["seed"], int) and ("train_quality" in command or "train-quality" in command)
     acc = card["heldout_evaluation"]["accuracy"]
     assert card["heldout_evaluation"]["photos"] == len(photos.photos("heldout"))
-    # The card records the measured held-out accuracy. The issue's aim (>= 90 %) is not met by the
-    # shipped model (see weights/README.md); what we can hold it to is better than chance on both
-    # clean and clearly degraded photos.
+    # The card records the measured held-out accuracy (held-out photos of the training's packages).
     assert all(0.0 <= v <= 1.0 for v in acc.values() if isinstance(v, float)), acc
-    assert acc["clean"] > 0.5 and acc["degraded_clear"] > 0.5 and acc["issue_clear"] > 0.9, acc
+    assert acc["clean"] > 0.9 and acc["issue_clear"] > 0.95, acc
+    # trained on loss of detail and artefacts only; the tonal kinds are evaluated, not trained
+    assert card["degradations"]["trained"] == list(qd.TRAINED_KINDS) == list(tq.TrainConfig().kinds)
     assert card["config"]["score_range"] == [0.0, 100.0]  # bounded: 100 * sigmoid
     lo, hi = card["heldout_evaluation"]["score_range"]
     assert 0.0 <= lo < hi <= 100.0
@@ -88,7 +88,9 @@ def test_default_card(model):
     assert unseen["photos"] == len(photos.photos("unseen")) and set(unseen["per_group"]) == {
         p.package for p in photos.photos("unseen")
     }
-    assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] > 0.8, unseen["accuracy"]
+    # the done-when of the default model's specification: >= 95 % of clean photos rated high and of
+    # clearly degraded ones rated low, on packages the training never read
+    assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
     assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tq.RANK_GOAL for k in ("blur", "noise", "jpeg"))
     assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
 

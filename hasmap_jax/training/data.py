@@ -20,6 +20,9 @@ s = 0.2, 0.4, 0.6, 0.8, 1.0 (as KADID-10k's five levels); at 384x512 they read:
   resample    down-up factor              1.6 / 2.2 / 3.1 / 4.3 / 6.0
   color_cast  channel gain amplitude      0.085 / 0.14 / 0.24 / 0.41 / 0.70
 
+The default model is trained on blur, noise, JPEG and resampling only (`TRAINED_KINDS`); the
+tonal kinds are generated for evaluation, to show what it does not judge.
+
 Blur and resampling only show where a photo has detail: on a smooth sky even a strong blur
 changes little. Their severity is therefore capped by the change they actually make
 (`effective_severity`) where the photo has detail: the RMS difference to the clean view in the
@@ -62,6 +65,11 @@ LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
 CLEAR_SEVERITY = 0.6
 
 KINDS = ("blur", "noise", "jpeg", "contrast", "exposure", "resample", "color_cast")
+#: The kinds the default model is trained on: loss of detail and added artefacts. The tonal kinds
+#: (contrast, exposure, colour cast) stay in `KINDS` for evaluation but are not trained on: a
+#: fog, a night sky, a low-key portrait or a blue aquarium is such a "degradation" by nature, and a
+#: model trained to rate them low rated such clean photos low (weights/README.md, runs C and D).
+TRAINED_KINDS = ("blur", "noise", "jpeg", "resample")
 
 # Parameter at severity 0 and 1 of each kind (see the module docstring).
 RANGES = {

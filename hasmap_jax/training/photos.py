@@ -13,7 +13,7 @@ exact data set; `hasmap_jax.training.data.load_photo` refuses a file that differ
 Selection. All colour photographs of natural scenes at least 512x384 pixels found in these packages,
 except: MATE `Storm.jpg` (deliberate motion blur over half the frame) and `Wood.jpg` (washed out,
 low contrast), Enlightenment `Foggy-Trees`, `Mountain` and `Peaks` (dimmed to near black), which
-would contradict the "blur / low contrast / dark = degraded" labels; Enlightenment `Dunes`,
+would contradict the "blur / low contrast / dark = degraded" labels of the first recipes; Enlightenment `Dunes`,
 `Flat-Fan`, `Sunset-Hills` (illustrations), `Paper-Flower`, `Flat-Stone-Pattern` (textures);
 scikit-image `chelsea` (451x300, too small), `motorcycle_*` (no licence stated), `hubble_deep_field`,
 `retina`, `ihc` (not natural photographs) and the greyscale images. The KDE Plasma and Lomiri

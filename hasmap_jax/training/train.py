@@ -2,10 +2,11 @@
 
 The real KonCept512 weights cannot be shipped, so `weights/default` holds the same architecture
 (InceptionResNetV2 + KonCept head, Keras layout, global pooling) at a quarter of the width and with
-(1, 2, 1) residual blocks, trained here to rate clean photographs about 75 and visibly degraded
+(1, 2, 1) residual blocks, trained here to rate clean photographs about 80 and visibly degraded
 ones below 50 (see `hasmap_jax.training.data` for the degradations and the target mapping).
 It is a stand-in that makes `attack_batch` and the command line work out of the box, not a model of
-human opinion: it knows seven synthetic degradations and nothing of composition or content.
+human opinion: it knows four synthetic degradations (blur, noise, JPEG, resampling) and nothing of
+tone, composition or content.
 
 Photos (not part of the repository; see `hasmap_jax.training.photos` for the manifest):
 
@@ -216,7 +217,7 @@ def train(
     huber_delta: float = 8.0,
     group: int = 4,
     pair_weight: float = 1.0,
-    kinds: Sequence[str] = qd.KINDS,
+    kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     precise_bn_batches: int = 24,
@@ -650,7 +651,7 @@ class TrainConfig:
     pair_weight: float = 1.0
     group: int = 4  # versions of each view per batch (1 clean)
     eval_views: int = 3  # views per held-out photo in the evaluation
-    kinds: tuple[str, ...] = qd.KINDS  # degradations trained on (the evaluation shows every kind)
+    kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
     tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
 
 
