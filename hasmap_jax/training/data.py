@@ -48,7 +48,7 @@ import hashlib
 import io
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ RANGES = {
 }
 
 
-def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     """`kinds` as a tuple, checked: a non-empty subset of `KINDS` without repeats."""
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in KINDS]

@@ -153,7 +153,7 @@ def batches(
     phases: Sequence[Phase],
     size: tuple[int, int],
     group: int,
-    kinds: Sequence[str] = qd.KINDS,
+    kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -259,6 +259,7 @@ def train(
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if precise_bn_batches:
         full = phases[-1].batch_size if phases[-1].crop is None else 8
+
         def stats_batch(k: int) -> np.ndarray:
             rng = np.random.default_rng([seed, 10**9 + k])
             return qd.random_batch(rng, images, full, size, group=group, kinds=kinds, tone=tone)[0]
