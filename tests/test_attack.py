@@ -15,6 +15,20 @@ from hasmap_jax.models.koncept import quality_logits
 H, W = 24, 32
 
 
+def inputs(x8, alpha=1.0, maps=None, threshold=50.0, confidence=0.0, learning_rate=0.01, steps=1) -> L.Inputs:
+    """The loop's inputs for a batch of 8-bit images (uniform maps by default)."""
+    n, h, w = x8.shape[:3]
+    return L.Inputs(
+        x8=jnp.asarray(x8),
+        maps=jnp.ones((n, h, w)) if maps is None else jnp.asarray(maps),
+        alpha=jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,)),
+        threshold=jnp.float32(threshold),
+        confidence=jnp.float32(confidence),
+        learning_rate=jnp.float32(learning_rate),
+        steps=jnp.int32(steps),
+    )
+
+
 @pytest.fixture(scope="module")
 def batch():
     x = (random_images(3, H, W, seed=5) * 255).round().astype(np.uint8)
@@ -89,10 +103,10 @@ def test_vmap_equals_loop_of_single_images(batch):
 def test_jit_equals_eager(batch):
     x, model = batch
     plan = L.Plan(steps=12, search_steps=2, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
-    args = (model, jnp.asarray(x[:2]), jnp.ones((2, H, W)), jnp.array([1.0, 4.0]), 50.0, 0.0, 0.01)
-    compiled = L.run_device(*args, plan=plan)
+    inp = inputs(x[:2], alpha=[1.0, 4.0], steps=12)
+    compiled = L.run_device(model, inp, plan=plan)
     with jax.disable_jit():
-        eager = L.run_device(*args, plan=plan)
+        eager = L.run_device(model, inp, plan=plan)
     np.testing.assert_allclose(compiled[0], eager[0], atol=1.5)  # float order may flip a rounding
     assert np.mean(np.asarray(compiled[0]) != np.asarray(eager[0])) < 1e-3
     np.testing.assert_array_equal(compiled[1], eager[1])
@@ -238,8 +252,11 @@ def test_already_low_images_are_returned_unchanged_without_steps(batch, loop):
     assert r.success.all() and (r.steps == 0).all() and (r.kept == "already_low").all()
     np.testing.assert_array_equal(r.images, x)
     # With a margin the same photos are not done yet: they are attacked, and stop early.
-    mixed = A.attack_batch(x, 1.0, model=model, threshold=float(np.sort(r.score_before)[1]), steps=200, loop=loop)
-    assert list(mixed.kept == "already_low") == list(mixed.score_before <= np.sort(r.score_before)[1])
+    # (The threshold lies between two photos' scores: a score exactly at it is a tie that float
+    # rounding in different compiled programs may break either way.)
+    tau = float(np.sort(r.score_before)[1:3].mean())
+    mixed = A.attack_batch(x, 1.0, model=model, threshold=tau, steps=200, loop=loop)
+    assert list(mixed.kept == "already_low") == list(mixed.score_before <= tau)
     assert (mixed.steps[mixed.kept == "already_low"] == 0).all()
     assert (mixed.steps[mixed.kept != "already_low"] < 200).all()  # the rest stop early
 
@@ -266,22 +283,15 @@ def test_best_iterate_is_the_least_distorted_success(batch):
     steps = 40
     r = A.attack_batch(x[:1], 0.5, model=model, sensitivity="uniform", steps=steps, early_stop=False)
     plan = L.Plan(steps=steps, search_steps=1, optimizer=None, check_every=steps + 1, view_size=None, jpeg_chain=())
-    args = (
-        jnp.asarray(x[:1]),
-        jnp.ones((1, H, W)),
-        jnp.array([0.5]),
-        jnp.float32(50),
-        jnp.float32(0),
-        jnp.float32(0.01),
-    )
-    state, search = L.begin(model, *args[:2], args[2], *args[3:], plan=plan)
+    inp = inputs(x[:1], alpha=0.5, steps=steps)
+    state, _ = L.begin(model, inp, plan=plan)
     candidates = []
     for i in range(steps):
-        adv8 = np.round(np.asarray(A.from_tanh_space(state.w[0])) * 255).astype(np.uint8)
+        adv8 = np.round(np.asarray(A.from_tanh_space(state.params[0])) * 255).astype(np.uint8)
         score = float(model.apply(jnp.asarray(adv8[None] / 255.0, jnp.float32))[0])
         if score <= 50:
             candidates.append((float(((adv8 / 255.0 - x[0] / 255.0) ** 2).sum()), i, adv8))
-        state = L.batch_step(model, state, jnp.int32(i), *args[:2], args[2], *args[3:], plan=plan)
+        state = L.batch_step(model, state, jnp.int32(i), inp, plan=plan)
     assert len(candidates) > 1  # several successes: the choice matters
     best = min(candidates, key=lambda c: c[0])
     assert best[1] != candidates[-1][1]  # the last success is not the best: keeping the last would be wrong
@@ -421,13 +431,13 @@ def test_alpha_search_multiplies_then_bisects(batch):
     the largest failing and the smallest successful c."""
     x, model = batch
     plan = L.Plan(steps=1, search_steps=3, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
-    args = (model, jnp.asarray(x), jnp.ones((3, H, W)), jnp.array([1.0, 1.0, 1.0]), 50.0, 0.0, 0.01)
-    state, search = L.begin(*args, plan=plan)
+    inp = inputs(x, alpha=1.0)
+    state, search = L.begin(model, inp, plan=plan)
     np.testing.assert_allclose(search.c, 1.0)
 
     def after(found, search):
         s = state._replace(found=jnp.asarray(found))
-        return L.next_search(args[1], 0.01, s, search, plan=plan)[1]
+        return L.next_search(inp, s, search, plan=plan)[1]
 
     s1 = after([False, True, False], search)  # unbounded failure: x10; success: bisect [0, 1]
     np.testing.assert_allclose(s1.c, [10.0, 0.5, 10.0])
@@ -518,7 +528,10 @@ def test_web_profile_survives_what_the_plain_attack_does_not(batch):
         ]
         return np.stack([np.asarray(model.apply(fit_view_np(o / 255.0, (H, W)))) for o in outs], axis=1)
 
-    web = A.attack_batch(x, 0.1, model=model, steps=100, robust="web")
+    # A margin (kappa 4: scores <= 48) keeps the least-distorted success clear of the threshold,
+    # where the differentiable JPEG and the chains that differ from the checkpoints (flip+jpeg75
+    # is drawn, flip is judged) could tip it back; with kappa 0 it sits within 0.5 of it.
+    web = A.attack_batch(x, 0.1, model=model, steps=100, robust="web", confidence=4.0)
     assert web.checkpoints == (
         "jpeg90",
         "jpeg75",
@@ -557,40 +570,55 @@ def test_host_loop_equals_device_loop_with_eot_draws(batch):
 
 
 def test_eot_draw_follows_the_step_and_success_needs_every_drawable_chain(batch):
-    """Each step scores the chains `EOT.draw(step)` picks (replayed here), and an iterate counts as
-    a success only when every drawable chain passed the last time it was drawn."""
+    """Each step scores the chains `EOT.draw(step)` picks, and an iterate counts as a success (is
+    kept, moves the search) only when every chain of the profile rates it low, drawn at this step
+    or not: a chain not drawn now cannot be overturned by a stale or lucky verdict."""
     from hasmap_jax.transforms.profiles import resolve_profile
 
     x, _ = batch
     model = smooth_and_noisy_toy()
-    eot = resolve_profile("resize0.75,blur1,flip,crop0.9,resize0.5").eot  # groups of 2, 2, 1
+    eot = resolve_profile("flip,resize0.75,blur1,crop0.9,resize0.5").eot  # groups of 2, 2, 1
     plan = L.Plan(steps=0, search_steps=1, optimizer=None, check_every=1000, view_size=None, jpeg_chain=(), eot=eot)
-    args = (
-        jnp.asarray(x),
-        jnp.ones((3, H, W)),
-        jnp.full((3,), 0.05),
-        jnp.float32(50),
-        jnp.float32(0),
-        jnp.float32(0.01),
+    chains = [c for g in eot.groups for c in g]
+    # Every view's score of the originals (the step-0 iterates): the photo, then each chain.
+    every = np.stack(
+        [np.asarray(model.apply(A.model_views(jnp.asarray(im / 255.0, jnp.float32), None, (), eot))) for im in x]
     )
-    begin = jax.jit(L.begin, static_argnames="plan")
-    step = jax.jit(L.batch_step, static_argnames="plan")
-    state, _ = begin(model, *args, plan=plan)
-    assert np.isinf(np.asarray(state.drawn)).all() and state.drawn.shape == (3, 5)
-    seen = set()
-    for i in range(3):
-        state = step(model, state, jnp.int32(i), *args, plan=plan)
-        seen |= {int(o + d) for o, d in zip(eot.group_offsets, np.asarray(eot.draw(jnp.int32(i))), strict=True)}
-        np.testing.assert_array_equal(np.isfinite(np.asarray(state.drawn[0])), [k in seen for k in range(5)])
-    assert len(seen) < 5  # not every chain drawn yet: no success can have been counted
-    assert not np.asarray(state.found).any() and np.isinf(np.asarray(state.best_dist)).all()
-    # Every chain passed when last drawn: now this step's success counts ...
-    at = state._replace(drawn=jnp.full_like(state.drawn, -jnp.inf))
-    easy = (*args[:3], jnp.float32(99.0), *args[4:])  # every view rated low
-    assert np.asarray(step(model, at, jnp.int32(3), *easy, plan=plan).found).all()
-    # ... but not while one chain failed when it was last drawn (one not drawn at this step).
-    drawn_now = set((eot.group_offsets + np.asarray(eot.draw(jnp.int32(3)))).tolist())
-    stale = next(k for k in range(5) if k not in drawn_now)
-    failing = at._replace(drawn=at.drawn.at[:, stale].set(1e3))
-    after = step(model, failing, jnp.int32(3), *easy, plan=plan)
-    assert not np.asarray(after.found).any() and np.isinf(np.asarray(after.best_dist)).all()
+    assert every.shape == (3, 1 + len(chains))
+    # A photo, and a step whose draw leaves out a chain that rates it higher than this step's views.
+
+    def drawn_at(i):
+        return (eot.group_offsets + np.asarray(eot.draw(jnp.int32(i)))).tolist()
+
+    p, step, worst = next(
+        (p, i, c)
+        for p in range(3)
+        for i in range(50)
+        for c in range(len(chains))
+        if c not in drawn_at(i) and every[p, 1 + c] > max(every[p, 0], *every[p, 1:][drawn_at(i)])
+    )
+    seen = max(every[p, 0], *every[p, 1:][drawn_at(step)])
+    begin, step_fn = jax.jit(L.begin, static_argnames="plan"), jax.jit(L.batch_step, static_argnames="plan")
+    # The evaluation scores exactly the drawn views: between their highest score and the one left
+    # out, this step's views succeed ...
+    tau = float(seen + every[p, 1 + worst]) / 2
+    inp = inputs(x[p : p + 1], alpha=0.05, threshold=tau)
+    state, _ = begin(model, inp, plan=plan)
+    cand = L.evaluate(model, state, jnp.int32(step), inp, plan=plan)
+    assert bool(cand.success[0]) and bool(L.needs_check(state, cand, plan=plan)[0])
+    # ... but the check on every chain refuses it: nothing kept, nothing found.
+    after = step_fn(model, state, jnp.int32(step), inp, plan=plan)
+    assert not bool(after.found[0]) and np.isinf(np.asarray(after.best_dist)).all()
+    # Above every chain's score the same step's success counts (and is kept).
+    easy = inputs(x[p : p + 1], alpha=0.05, threshold=float(every[p].max()) + 0.5)
+    state, _ = begin(model, easy, plan=plan)
+    assert bool(state.done[0])  # rated low in every view as given: nothing to do
+    # A candidate that cannot change the state is not checked (the batch skips the check).
+    moved = state._replace(
+        done=jnp.zeros_like(state.done), found=jnp.ones_like(state.found), best_dist=jnp.zeros(1), low_dist=jnp.zeros(1)
+    )
+    cand = L.evaluate(model, moved, jnp.int32(step), easy, plan=plan)
+    assert bool(cand.success[0]) and not bool(L.needs_check(moved, cand, plan=plan)[0])
+    fresh = state._replace(done=jnp.zeros_like(state.done))
+    after = step_fn(model, fresh, jnp.int32(step), easy, plan=plan)
+    assert bool(after.found[0]) and np.isfinite(np.asarray(after.best_dist)).all()

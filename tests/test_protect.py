@@ -337,13 +337,16 @@ def test_other_settings_refused_unless_forced(tmp_path, model):
     src = tmp_path / "in"
     save_photo(src / "p.png")
     out = tmp_path / "out"
-    protect_paths([src], out, settings=settings(), model=model)
+    protect_paths([src], out, settings=settings(method="cw", alpha=20.0), model=model)
     with pytest.raises(SettingsMismatch, match=r"alpha: 20\.0 -> 5\.0.*--force"):
-        protect_paths([src], out, settings=settings(alpha=5.0), model=model)
-    s = protect_paths([src], out, settings=settings(alpha=5.0), model=model, force=True)
+        protect_paths([src], out, settings=settings(method="cw", alpha=5.0), model=model)
+    with pytest.raises(SettingsMismatch, match=r"alpha: 20\.0 -> None.*method: 'cw' -> 'fmn'"):
+        protect_paths([src], out, settings=settings(), model=model)
+    s = protect_paths([src], out, settings=settings(method="cw", alpha=5.0), model=model, force=True)
     assert s.results[0].status == "ok" and s.results[0].record["alpha"] == 5.0
     # The new settings are now the folder's: a plain rerun with them resumes.
-    assert protect_paths([src], out, settings=settings(alpha=5.0), model=model).results[0].status == "done"
+    five = settings(method="cw", alpha=5.0)
+    assert protect_paths([src], out, settings=five, model=model).results[0].status == "done"
 
 
 def test_inputs_never_overwritten(tmp_path, model):
@@ -488,6 +491,36 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
         cli_main(["protect", str(src), "-o", str(out), "--preset", "high", "--alpha", "3"])
 
 
+def test_method_is_recorded_and_an_older_manifest_resumes_as_the_papers(tmp_path, toy_loader, capsys):
+    """--method goes into the manifest; without --method a rerun keeps the folder's recorded
+    method, and a manifest from before --method existed (no "method" recorded) counts as the
+    paper's: the same command resumes instead of refusing other settings."""
+    import json
+
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    out = tmp_path / "out"
+    args = ["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]
+    assert cli_main([*args, "--method", "cw"]) == 0
+    manifest = out / "hasmap-manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert lines[0]["settings"]["method"] == "cw" and lines[0]["settings"]["alpha"] == 20.0
+    # Make it a manifest of the version before --method: no "method" in its settings.
+    del lines[0]["settings"]["method"]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    assert "1 already done" in capsys.readouterr().out
+    # Asking for the minimum-norm method there is other settings (refused without --force).
+    assert cli_main([*args, "--method", "fmn"]) == 2
+    assert "method: 'cw' -> 'fmn'" in capsys.readouterr().err
+    # A new folder gets the default, the minimum-norm method, with no alpha.
+    fresh = tmp_path / "fresh"
+    assert cli_main(["protect", str(src), "-o", str(fresh), "--steps", str(STEPS), "-q"]) == 0
+    settings = json.loads((fresh / "hasmap-manifest.jsonl").read_text().splitlines()[0])["settings"]
+    assert settings["method"] == "fmn" and settings["alpha"] is None
+
+
 def test_score_command_reads_photos_as_protect_does(tmp_path, toy_loader, model, capsys):
     """`hasmap score` turns a photo upright by its EXIF orientation and applies the size guards."""
     from hasmap_jax import cli
@@ -587,47 +620,64 @@ def test_manifest_from_before_robust_settings_still_resumes(tmp_path, model):
         protect_paths([src], out, settings=settings(sensitivity_floor=0.3), model=model)
 
 
-def test_robust_web_has_its_own_presets(capsys):
-    """`--robust web` takes its presets from `WEB_PRESETS` (its loss needs a smaller alpha and more
-    steps), from the library and from the command line; explicit values still override them."""
+def test_each_method_and_profile_has_its_own_presets(capsys):
+    """Presets come from the table of the method and `--robust` profile ("web" has its own, "off"
+    is jpeg90's), from the library and from the command line; explicit values still override them;
+    the minimum-norm method has no alpha."""
     from hasmap_jax.cli import build_parser
     from hasmap_jax.cli.protect import settings_from_args
-    from hasmap_jax.protect import PRESETS, WEB_PRESETS, ProtectSettings, presets
+    from hasmap_jax.protect import DEFAULT_METHOD, PRESET_TABLES, ProtectSettings, presets
 
-    assert presets("web") is WEB_PRESETS and presets("jpeg90") is PRESETS and presets("off") is PRESETS
-    assert WEB_PRESETS.keys() == PRESETS.keys() and WEB_PRESETS["mid"] != PRESETS["mid"]
-    for name in PRESETS:
-        web, plain = ProtectSettings.from_preset(name, robust="web"), ProtectSettings.from_preset(name)
-        assert (web.alpha, web.steps, web.confidence, web.sensitivity_floor) == (
-            WEB_PRESETS[name].alpha,
-            WEB_PRESETS[name].steps,
-            WEB_PRESETS[name].confidence,
-            WEB_PRESETS[name].sensitivity_floor,
-        )
-        assert (plain.alpha, plain.steps, plain.sensitivity_floor) == (PRESETS[name].alpha, PRESETS[name].steps, 0.0)
+    assert DEFAULT_METHOD == "fmn"
+    for method in ("fmn", "cw"):
+        plain, web = PRESET_TABLES[method, "jpeg90"], PRESET_TABLES[method, "web"]
+        assert presets("web", method) is web and presets("jpeg90", method) is plain and presets("off", method) is plain
+        assert web.keys() == plain.keys() == {"low", "mid", "high"} and web["mid"] != plain["mid"]
+        for name in plain:
+            for robust, table in (("web", web), ("jpeg90", plain)):
+                s = ProtectSettings.from_preset(name, robust=robust, method=method)
+                p = table[name]
+                assert (s.method, s.alpha, s.steps, s.confidence, s.sensitivity_floor) == (
+                    method,
+                    p.alpha,
+                    p.steps,
+                    p.confidence,
+                    p.sensitivity_floor,
+                )
+                assert (p.alpha is None) == (method == "fmn")
+    with pytest.raises(UsageError, match="method"):
+        presets("jpeg90", "ddn")
 
     def parsed(*words):
         return settings_from_args(build_parser().parse_args(["protect", "in", "-o", "out", *words]), "default")
 
+    fmn_web, cw_web = PRESET_TABLES["fmn", "web"], PRESET_TABLES["cw", "web"]
     s = parsed("--robust", "web")
-    assert (s.robust, s.alpha, s.steps) == ("web", WEB_PRESETS["mid"].alpha, WEB_PRESETS["mid"].steps)
+    assert (s.method, s.robust, s.alpha, s.steps) == ("fmn", "web", None, fmn_web["mid"].steps)
     s = parsed("--robust", "web", "--preset", "high")
-    assert (s.alpha, s.steps) == (WEB_PRESETS["high"].alpha, WEB_PRESETS["high"].steps)
-    s = parsed("--robust", "web", "--alpha", "7")  # alpha instead of a preset: the web default's steps
-    assert (s.alpha, s.steps) == (7.0, WEB_PRESETS["mid"].steps)
+    assert (s.confidence, s.steps) == (fmn_web["high"].confidence, fmn_web["high"].steps)
+    s = parsed("--robust", "web", "--method", "cw", "--preset", "high")
+    assert (s.alpha, s.steps) == (cw_web["high"].alpha, cw_web["high"].steps)
+    s = parsed("--robust", "web", "--alpha", "7")  # alpha: the paper's method, the web default's steps
+    assert (s.method, s.alpha, s.steps) == ("cw", 7.0, cw_web["mid"].steps)
     s = parsed("--robust", "web", "--steps", "11")
-    assert (s.alpha, s.steps) == (WEB_PRESETS["mid"].alpha, 11)
+    assert (s.alpha, s.steps) == (None, 11)
     assert parsed("--robust", "web", "--sensitivity-floor", "0").sensitivity_floor == 0.0
     assert parsed("--sensitivity-floor", "0.25").sensitivity_floor == 0.25
     with pytest.raises(UsageError, match="sensitivity floor"):
         parsed("--sensitivity-floor", "1.5")
-    assert parsed().alpha == PRESETS["mid"].alpha
-    # The help lists both tables, with the values they hold.
+    with pytest.raises(UsageError, match="alpha 3 is the paper's"):
+        parsed("--method", "fmn", "--alpha", "3")
+    with pytest.raises(UsageError, match="search steps"):
+        parsed("--method", "fmn", "--search-steps", "3")
+    assert parsed().alpha is None and parsed("--search-steps", "2").method == "cw"
+    # The help lists every table, with the values they hold.
     with pytest.raises(SystemExit):
         build_parser().parse_args(["protect", "--help"])
-    out = capsys.readouterr().out
-    for p in PRESETS.values():
-        assert f"alpha {p.alpha:g}, {p.steps} steps   " in out
-    for p in WEB_PRESETS.values():
-        assert f"alpha {p.alpha:g}, {p.steps} steps, map floor {p.sensitivity_floor:g}" in out
-    assert "with --robust web" in out
+    out = " ".join(capsys.readouterr().out.split())
+    for (method, robust), table in PRESET_TABLES.items():
+        assert f"--method {method}" + (" --robust web" if robust == "web" else "") in out
+        for p in table.values():
+            alpha = "" if p.alpha is None else f"alpha {p.alpha:g}, "
+            floor = f", map floor {p.sensitivity_floor:g}" if p.sensitivity_floor else ""
+            assert f"{alpha}kappa {p.confidence:g}, {p.steps} steps{floor} " in out

@@ -1,8 +1,8 @@
 """The HASMap attack: a sensitivity-weighted Carlini-Wagner L2 attack on a quality classifier.
 
-  loss    the objective for one image (tanh box, 8-bit rounding, C&W loss, JPEG views)
-  loop    the batched optimisation: steps, search over alpha, device loop and host loop
-  batch   `attack_batch` and `AttackResult`: arguments, model preparation, measurement
+loss    the objective for one image (tanh box, 8-bit rounding, C&W loss, JPEG views)
+loop    the batched optimisation: steps, search over alpha, device loop and host loop
+batch   `attack_batch` and `AttackResult`: arguments, model preparation, measurement
 """
 
 from hasmap_jax.attack.batch import AttackResult, attack_batch, default_compute_dtype, prepare_model

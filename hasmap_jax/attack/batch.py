@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from hasmap_jax.arrays import as_unit_float
-from hasmap_jax.attack.loop import KEPT, Plan, default_loop, run_device, run_host
+from hasmap_jax.attack.loop import KEPT, METHODS, Inputs, Plan, default_loop, run_device, run_host
+from hasmap_jax.attack.minnorm import MinNorm
 from hasmap_jax.metrics import distortion
 from hasmap_jax.runtime.parallel import data_mesh, replicate, shard_batch, unshard
 from hasmap_jax.scoring import resolve_view_size, view_scores
@@ -48,6 +49,8 @@ class AttackResult:
         margin: the least-distorted iterate rated low, i.e. score <= threshold, in every view), "original"
         (nothing rated low was found), or "already_low" (the photo met the goal as given: returned
         unchanged, no step spent).
+      first_success: (N,) int, the optimisation steps run before the first success inside the
+        margin (in every view of `robust`), over all search steps; -1 where none.
       score_after_jpeg, success_after_jpeg: (N,) the score and the verdict after real JPEG round
         trips (Pillow) at the `robust_jpeg` qualities, one after the other; None when that was not
         asked for (also for profiles other than JPEG chains: see the checkpoints).
@@ -73,6 +76,7 @@ class AttackResult:
     steps: np.ndarray
     alpha: np.ndarray
     kept: np.ndarray
+    first_success: np.ndarray | None = None
     score_after_jpeg: np.ndarray | None = None
     success_after_jpeg: np.ndarray | None = None
     scores_jpeg_chain: np.ndarray | None = None
@@ -142,11 +146,20 @@ def _resolve_dtype(compute_dtype):
     return dtype
 
 
+def _stall_window(method: str, steps: int) -> int:
+    """Steps between early-stop checks. "cw": long enough that the 8-bit loss jumping between
+    "rated low" and "rated high" near the boundary is not mistaken for a stall. "fmn": its least
+    successful distortion only moves when a success improves on it, which a converged budget no
+    longer does."""
+    return max(25, steps // 5) if method == "cw" else max(10, steps // 10)
+
+
 def attack_batch(
     images,
     alpha: float | Any = 10.0,
     *,
     model=None,
+    method: str | MinNorm = "cw",
     sensitivity: Any = None,
     sensitivity_floor: float = 0.0,
     threshold: float = 50.0,
@@ -170,8 +183,19 @@ def attack_batch(
     Args:
       images: (N, H, W, 3) RGB, uint8 or float in [0, 1] (float input is rounded to 8 bits first:
         the attack returns 8-bit images and measures against what it was given).
-      alpha: the trade-off alpha (a scalar or one per image): larger keeps the image closer to the
-        original and succeeds less often (paper, Table 1: 10 ... 50).
+      alpha: the trade-off alpha of the paper's method (a scalar or one per image): larger keeps
+        the image closer to the original and succeeds less often (paper, Table 1: 10 ... 50).
+        The minimum-norm method has no trade-off to set: each photo's budget adapts until it
+        holds the least change that succeeds, and `alpha` is not used (`AttackResult.alpha` then
+        reports the alpha the paper's objective would have needed at the returned image).
+      method: "cw", the paper's (HASMap: Adam on alpha * ||S * d||^2 + L_C in the tanh box, one
+        fixed alpha per photo, optionally the authors' search over it), or "fmn", the minimum-norm
+        method (`hasmap_jax.attack.minnorm`, after FMN, Pintor et al. 2021): per photo a budget on
+        the weighted norm ||S * d||, adapted at every step from whether the 8-bit image succeeds,
+        normalised gradient steps in u = S * d, projection onto the budget's ball and the box.
+        It returns the least-distorted success, as "cw" does, usually in fewer steps and at a
+        smaller change (README, "Minimum-norm protection"); a `MinNorm` is "fmn" with other
+        settings. `learning_rate`, `optimizer` and `search_steps` are the paper's method's.
       model: a `QualityModel` (`load_quality_model`); default: the shipped default model.
       sensitivity: "default" / None (the default map model), "uniform" (plain L2, the C&W attack),
         a model with `apply(images) -> maps` (e.g. a `SensitivityModel`), or maps (N, H, W) in [0, 1].
@@ -190,8 +214,10 @@ def attack_batch(
         score <= threshold - kappa / 2.
       optimizer: an optax transformation to use instead of Adam(learning_rate) (static: a new object
         compiles anew).
-      early_stop: stop an image's search step once the running minimum of its loss improves by less
-        than 0.01 % over a window of max(25, steps // 5) steps.
+      early_stop: stop an image's search step once it stalls: "cw", once the running minimum of
+        its loss improves by less than 0.01 % over a window of max(25, steps // 5) steps; "fmn",
+        once its least successful distortion improves by less than `MinNorm.tolerance` (1 %)
+        over max(10, steps // 10) steps.
       view_size: (height, width) the model sees: the photo resized to cover it and centre-cropped
         (`fit_view`), differentiably, while the perturbation lives at the photo's own resolution.
         "auto" (default): the model's `input_size` when the photos differ from it, else as given;
@@ -217,16 +243,18 @@ def attack_batch(
           single JPEG ("jpeg75") is `robust_jpeg=75`;
         - a `Profile` (e.g. `PROFILES["web"].saved_as("jpeg85")` for a photo saved as JPEG 85
           before the site gets it: every view and checkpoint starts from that JPEG).
-        Where views are drawn, an iterate counts as a success (and can be the one returned) only
-        when this step's views succeed and every chain that can be drawn passed the last time it
-        was drawn in this search step; otherwise the least-distorted "success" would be the first
-        lucky draw. Each extra view costs one model forward and backward per step ("jpeg90": 2
-        in all, "web": 3); every transform's shape is fixed by the photo size, so each size still
-        compiles once (every chain of a profile is compiled: "web" added 35-55 s of XLA:CPU
-        compilation per photo size on a shared 2-core CPU). The differentiable resizing, blur,
-        crop and flip compute Pillow's integer arithmetic (the same pixels); only JPEG is approximate. A
-        margin (`confidence`) pays off: the least-distorted success sits just below the threshold,
-        where JPEG's approximation and the chains not drawn at the last step can tip it back.
+        Where views are drawn, an iterate counts as a success (and can be kept, found a search
+        step's success, or move the "fmn" budget) only when every chain of the profile rates it
+        low, drawn at this step or not: before it can change anything, the candidate is scored
+        on every chain (forward passes only, at the steps where some photo needs it); never one
+        lucky draw, never a chain's verdict from an earlier step. Each extra view costs one
+        model forward and backward per step ("jpeg90": 2 in all, "web": 3); every transform's
+        shape is fixed by the photo size, so each size still compiles once (every chain of a
+        profile is compiled). The differentiable resizing, blur, crop and flip compute Pillow's
+        integer arithmetic (the same pixels); only JPEG is approximate. A margin (`confidence`)
+        pays off: the least-distorted success sits just below the threshold, where JPEG's
+        approximation, and checkpoints that differ from the chains drawn (flip alone against
+        flip+jpeg75), can tip it back.
         For `hasmap protect`: a JPEG output at quality Q is `PROFILES[name].saved_as(f"jpeg{Q}")`,
         whose first checkpoint is the saved file (`scores_after_checkpoints[:, 0]`).
       robust_jpeg: the older spelling of JPEG robustness, kept as it was (do not give both): a JPEG
@@ -267,11 +295,16 @@ def attack_batch(
     x8 = np.round(as_unit_float(images) * 255.0).astype(np.uint8)
     n = len(x8)
     model = model if model is not None else default_quality_model()
+    method, minnorm = ("fmn", method) if isinstance(method, MinNorm) else (method, None)
+    if method not in METHODS:
+        raise ValueError(f"method: one of {', '.join(METHODS)} or a MinNorm, got {method!r}")
     alphas = np.broadcast_to(np.asarray(alpha, np.float32), (n,)).copy()
     if not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
         raise ValueError(f"alpha must be positive and finite, got {alpha}")
     if steps < 1 or search_steps < 1:
         raise ValueError("steps and search_steps must be at least 1")
+    if method == "fmn" and search_steps != 1:
+        raise ValueError("search_steps: the minimum-norm method adapts each photo's budget itself; give 1")
     if not (np.isfinite(sensitivity_floor) and 0.0 <= sensitivity_floor <= 1.0):
         raise ValueError(f"sensitivity_floor must be in [0, 1], got {sensitivity_floor}")
     loop = default_loop() if loop == "auto" else loop
@@ -291,27 +324,35 @@ def attack_batch(
         maps = (jnp if isinstance(maps, jax.Array) else np).maximum(maps, np.float32(sensitivity_floor))
     if not isinstance(maps, jax.Array):
         (maps,), _ = shard_batch((maps,), mesh=mesh)
-    scalars = [jnp.float32(v) for v in (threshold, confidence, learning_rate)]
+    inputs = Inputs(
+        x8=xs,
+        maps=maps,
+        alpha=alphas_s,
+        threshold=jnp.float32(threshold),
+        confidence=jnp.float32(confidence),
+        learning_rate=jnp.float32(learning_rate),
+        steps=jnp.int32(steps),
+    )
     total = steps * search_steps
     plan = Plan(
         steps=steps,
         search_steps=search_steps,
-        optimizer=optimizer,
-        # A stalled loss stops an image; the window is long enough that the 8-bit loss jumping
-        # between "rated low" and "rated high" near the boundary is not mistaken for a stall.
-        check_every=max(25, steps // 5) if early_stop else steps + 1,
+        optimizer=optimizer if method == "cw" else None,
+        check_every=_stall_window(method, steps) if early_stop else steps + 1,
         view_size=view_size,
         jpeg_chain=jpeg_chain,
         eot=profile.eot if profile is not None else None,
         report_every=max(1, min(steps, 5)) if progress is not None and loop == "device" else 0,
+        method=method,
+        minnorm=minnorm,
     )
     report = None if progress is None else _Reporter(progress, total)
     run = run_host if loop == "host" else run_device
-    adv, used, used_alpha, kept = run(attacker, xs, maps, alphas_s, *scalars, plan=plan, progress=report)
+    adv, used, used_alpha, kept, first = run(attacker, inputs, plan=plan, progress=report)
     metrics = distortion(xs, adv, maps)
     metrics["score_before"] = view_scores(judge, xs, view_size)
     metrics["score_after"] = view_scores(judge, adv, view_size)
-    adv8, used, used_alpha, kept, metrics = unshard((adv, used, used_alpha, kept, metrics), n)
+    adv8, used, used_alpha, kept, first, metrics = unshard((adv, used, used_alpha, kept, first, metrics), n)
     judged = {} if profile is None else _judge(judge, adv8, profile, view_size, threshold, mesh)
     return AttackResult(
         images=adv8,
@@ -319,6 +360,7 @@ def attack_batch(
         steps=used,
         alpha=used_alpha,
         kept=np.asarray(KEPT)[kept],
+        first_success=first,
         **metrics,
         **judged,
     )

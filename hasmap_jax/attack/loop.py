@@ -1,13 +1,31 @@
-"""The attack's optimisation loop, batched: the steps, the search over alpha, and two drivers.
+"""The attack's optimisation loop, batched: two methods, one rule for what is kept, two drivers.
 
-Both drivers are made of the same pieces (`begin`, `batch_step`, `next_search`, `outcome`), so they
-compute the same thing:
+Methods (`Plan.method`):
+
+- "cw", the paper's: Adam on w (x' = (tanh(w) + 1) / 2) over alpha * ||S * d||^2 + L_C, one fixed
+  alpha per photo, optionally the authors' search over c = 1 / alpha (`next_search`);
+- "fmn", the minimum-norm method (`hasmap_jax.attack.minnorm`): a budget on ||S * d|| per photo,
+  adapted at every step from the success signal.
+
+A step has three pieces, each written once for one image and vmapped over the batch:
+
+- `evaluate`: the model's views of the 8-bit candidate (what would be saved), the loss and its
+  gradient, and whether this step's views rate it low (with the margin: a success);
+- `check`, only with views drawn at random (`EOT.groups`): a candidate that could change what is
+  kept (or the budget) is scored on every chain of the profile first, so that one lucky draw, or a
+  chain's stale verdict from an earlier step, never makes a success that a real operation could
+  overturn; the batch runs it only at steps where some photo needs it;
+- `update`: keep the least-distorted success (and the least-distorted iterate rated low), move the
+  parameters, stop a photo whose progress has stalled.
+
+Both drivers are made of these pieces, so they compute the same thing:
 
 - `run_device`: the whole attack as one compiled program (`lax.while_loop` over the steps,
-  `lax.fori_loop` over the search), with no host round trip: GPU, TPU.
-- `run_host`: one compiled step per iteration, called from Python over donated state: XLA:CPU runs
-  a loop body about 2.6x slower than the same computation outside a loop (measured on KonCept-shaped
-  models; no flag changed it). The host reads the "done" flags only where they can change.
+  `lax.fori_loop` over the search, `lax.cond` around the check), with no host round trip: GPU, TPU.
+- `run_host`: compiled pieces called from Python over donated state: XLA:CPU runs a loop body about
+  2.6x slower than the same computation outside a loop (measured on KonCept-shaped models; no flag
+  changed it). The host reads the "done" flags only where they can change, and with drawn views
+  one flag per step (whether any photo needs the check).
 """
 
 from __future__ import annotations
@@ -21,30 +39,58 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hasmap_jax.attack.loss import cw_loss, from_tanh_space, hasmap_loss, to_tanh_space
+from hasmap_jax.attack.loss import cw_loss, from_tanh_space, hasmap_loss, margin_loss, model_views, to_tanh_space
+from hasmap_jax.attack.minnorm import MinNorm, budget_step, initial_budget
 from hasmap_jax.models.koncept import quality_logits
 from hasmap_jax.transforms.profiles import EOT
 
 Array = jax.Array
 
+#: The optimisation methods (`attack_batch(method=...)`).
+METHODS = ("cw", "fmn")
+
+
+class Inputs(NamedTuple):
+    """The batch's data, one pytree (`IN_AXES`: the batch axis first, scalars shared)."""
+
+    x8: Array  # (N, H, W, 3) uint8 originals
+    maps: Array  # (N, H, W) sensitivity maps in [0, 1]
+    alpha: Array  # (N,) the trade-off ("cw")
+    threshold: Array  # () tau
+    confidence: Array  # () kappa
+    learning_rate: Array  # () Adam's ("cw")
+    steps: Array  # () int32 steps per search step (the "fmn" schedules anneal over them)
+
+
+IN_AXES = Inputs(0, 0, 0, None, None, None, None)
+
 
 class ImageState(NamedTuple):
-    w: Array  # (H, W, 3) current parameters
-    opt: Any  # optimiser state
+    params: Array  # (H, W, 3) "cw": w in tanh space; "fmn": d, the continuous perturbation
+    opt: Any  # "cw": the optimiser state; "fmn": its `Budget`
     best: Array  # (H, W, 3) uint8: least-distorted success (inside the margin kappa), else the original
     best_dist: Array  # its D, inf while none
-    best_alpha: Array  # alpha of the search step that produced `best`
+    best_alpha: Array  # "cw": alpha of the search step that produced `best`; "fmn": see `outcome`
     low: Array  # (H, W, 3) uint8: least-distorted iterate rated low (maybe not inside the margin)
     low_dist: Array  # its D, inf while none
     low_alpha: Array
-    found: Array  # this search step has found a success
-    done: Array  # early-stopped in this search step
-    min_loss: Array  # lowest loss seen in this search step
-    last_check: Array  # min_loss at the last stall check
+    found: Array  # a success was found ("cw": in this search step)
+    done: Array  # stopped (stalled) in this search step
+    measure: Array  # what the stall check watches: "cw" the running minimum loss, "fmn" best_dist
+    last_check: Array  # `measure` at the last stall check
     steps: Array  # steps run, all search steps together
-    # With EOT draws: each drawable chain's score the last time it was drawn in this search step
-    # (inf before), laid out as `EOT.group_offsets`; None without draws.
-    drawn: Array | None = None
+    first: Array  # steps run before the first success (-1 while none)
+
+
+class Candidate(NamedTuple):
+    """One image's iterate as `evaluate` found it."""
+
+    adv8: Array  # (H, W, 3) uint8: what would be saved
+    dist: Array  # its D = ||S * d||^2
+    loss: Array  # the method's loss
+    grad: Array  # (H, W, 3) the loss's gradient with respect to `ImageState.params`
+    success: Array  # rated low inside the margin (in this step's views; every view once checked)
+    rated_low: Array  # rated low (score <= threshold), likewise
 
 
 class Search(NamedTuple):
@@ -70,165 +116,235 @@ class Plan:
     jpeg_chain: tuple[int, ...]
     report_every: int = 0  # device loop: call the progress sink every this many steps (0: never)
     eot: EOT | None = None  # transformed views besides the JPEG chain (`model_views`)
+    method: str = "cw"
+    minnorm: MinNorm | None = None  # the "fmn" settings (default `MinNorm()`)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "fmn" and self.minnorm is None:
+            object.__setattr__(self, "minnorm", MinNorm())
 
     def opt(self, learning_rate: Array) -> optax.GradientTransformation:
         return self.optimizer if self.optimizer is not None else optax.adam(learning_rate)
 
+    @property
+    def draws(self) -> bool:
+        """Views are drawn at random per step (then candidates are checked on every chain)."""
+        return self.eot is not None and bool(self.eot.groups)
 
-def image_step(
-    state,
-    i,
-    x8,
-    sensitivity,
-    alpha,
-    model,
-    threshold,
-    confidence,
-    optimizer,
-    check_every,
-    view_size,
-    jpeg_chain,
-    eot=None,
-    draw=None,
-):
-    """One optimisation step for one image (vmapped over the batch by the caller; `draw`, this
-    step's EOT draw, is the same for the whole batch)."""
-    x = x8.astype(jnp.float32) / 255.0
-    args = (state.w, x, sensitivity, alpha, model, threshold, confidence, view_size, jpeg_chain, eot, draw)
-    active = ~state.done
-    if draw is None:
-        (loss, (dist, lc, score)), grad = jax.value_and_grad(hasmap_loss, has_aux=True)(*args)
-        success, rated_low, drawn = lc <= 0.0, score <= threshold, state.drawn
-    else:
-        objective = functools.partial(hasmap_loss, per_view=True)
-        (loss, (dist, lc, score, scores)), grad = jax.value_and_grad(objective, has_aux=True)(*args)
-        # One draw says little about the chains not drawn: an iterate counts as a success when this
-        # step's views succeed and every drawable chain did the last time it was drawn (not before
-        # each has been drawn once in this search step). Otherwise the least-distorted "success"
-        # would be the first lucky draw. The loss and its gradient are this step's views only.
-        drawn = state.drawn.at[eot.group_offsets + draw].set(scores[-len(eot.groups) :])
-        drawn_lc = jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(drawn, threshold), confidence)
-        success = (lc <= 0.0) & jnp.all(drawn_lc <= 0.0)
-        rated_low = (score <= threshold) & jnp.all(drawn <= threshold)
-    # Keep the iterate just evaluated if it succeeds (L_C == 0) with less distortion than the best,
-    # and, as a fallback for when none reaches the margin, the least-distorted one rated low.
-    better = active & success & (dist < state.best_dist)
-    lower = active & rated_low & (dist < state.low_dist)
-    adv8 = jnp.round(from_tanh_space(state.w) * 255.0).astype(jnp.uint8)
-    updates, opt = optimizer.update(grad, state.opt, state.w)
-    w = optax.apply_updates(state.w, updates)
-    # Early stop when the running minimum of the loss improves by less than 0.01 % over a window
-    # of `check_every` steps (the running minimum, since the 8-bit rounding makes single losses noisy).
-    min_loss = jnp.minimum(state.min_loss, loss)
-    check = (i + 1) % check_every == 0
-    stalled = check & (min_loss > 0.9999 * state.last_check)
-    keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731  (done images stop changing)
-    return ImageState(
-        w=keep(w, state.w),
-        opt=jax.tree.map(keep, opt, state.opt),
-        best=jnp.where(better, adv8, state.best),
-        best_dist=jnp.where(better, dist, state.best_dist),
-        best_alpha=jnp.where(better, alpha, state.best_alpha),
-        low=jnp.where(lower, adv8, state.low),
-        low_dist=jnp.where(lower, dist, state.low_dist),
-        low_alpha=jnp.where(lower, alpha, state.low_alpha),
-        found=state.found | (active & success),
-        done=state.done | (active & stalled),
-        min_loss=jnp.where(active, min_loss, state.min_loss),
-        last_check=jnp.where(active & check, min_loss, state.last_check),
-        steps=state.steps + active.astype(jnp.int32),
-        drawn=None if drawn is None else keep(drawn, state.drawn),
-    )
+    def draw(self, i: Array) -> Array | None:
+        return self.eot.draw(i) if self.draws else None
+
+    @property
+    def views(self) -> tuple:
+        """`model_views`' static arguments after the image: (view_size, jpeg_chain, eot)."""
+        return self.view_size, self.jpeg_chain, self.eot
 
 
 # --------------------------------------------------------------------------------------------
-# The program's pieces, batched. Both loops (`run_device` on the device, `_HostLoop` from the host)
-# are made of exactly these, so they compute the same thing.
+# The pieces, for one image
 
 
-def _fresh(x8, w0, learning_rate, state: ImageState | None, alpha, skip, *, plan: Plan) -> ImageState:
-    """The state at the start of a search step: from the original image w0 with a new optimiser (as
-    C&W do), keeping the best iterates and the step count of earlier search steps."""
-    n = x8.shape[0]
-    inf = jnp.full((n,), jnp.inf, jnp.float32)
+def _evaluate_one(model, state: ImageState, inp: Inputs, draw, plan: Plan) -> Candidate:
+    x = inp.x8.astype(jnp.float32) / 255.0
+    if plan.method == "cw":
+        objective = functools.partial(hasmap_loss, alpha=inp.alpha)
+        adv8 = jnp.round(from_tanh_space(state.params) * 255.0)
+    else:
+        objective = margin_loss
+        adv8 = jnp.round(jnp.clip(x + state.params, 0.0, 1.0) * 255.0)
+    (loss, (dist, lc, score)), grad = jax.value_and_grad(
+        lambda p: objective(
+            p,
+            x=x,
+            sensitivity=inp.maps,
+            model=model,
+            threshold=inp.threshold,
+            confidence=inp.confidence,
+            view_size=plan.view_size,
+            jpeg_chain=plan.jpeg_chain,
+            eot=plan.eot,
+            draw=draw,
+        ),
+        has_aux=True,
+    )(state.params)
+    return Candidate(adv8.astype(jnp.uint8), dist, loss, grad, lc <= 0.0, score <= inp.threshold)
+
+
+def _verdict_one(model, image8: Array, inp: Inputs, plan: Plan) -> tuple[Array, Array]:
+    """(success, rated low) of one 8-bit image in every view of the profile: the image, every JPEG
+    of the chain, and every chain of the EOT (each drawable one too)."""
+    scores = model.apply(model_views(image8.astype(jnp.float32) / 255.0, *plan.views))
+    lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, inp.threshold), inp.confidence))
+    return lc <= 0.0, jnp.max(scores) <= inp.threshold
+
+
+def _update_one(state: ImageState, cand: Candidate, inp: Inputs, i, plan: Plan) -> ImageState:
+    active = ~state.done
+    better = active & cand.success & (cand.dist < state.best_dist)
+    lower = active & cand.rated_low & (cand.dist < state.low_dist)
+    if plan.method == "cw":
+        updates, opt = plan.opt(inp.learning_rate).update(cand.grad, state.opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # The running minimum, since the 8-bit rounding makes single losses noisy.
+        measure = jnp.minimum(state.measure, cand.loss)
+        tolerance = 1e-4
+        alpha = inp.alpha
+    else:
+        x = inp.x8.astype(jnp.float32) / 255.0
+        params, opt = budget_step(
+            state.params,
+            cand.grad,
+            x,
+            inp.maps,
+            cand.loss,
+            cand.success,
+            state.found,
+            state.opt,
+            i,
+            inp.steps,
+            plan.minnorm,
+        )
+        measure = jnp.where(better, cand.dist, state.best_dist)
+        tolerance = plan.minnorm.tolerance
+        alpha = _equivalent_alpha(cand, inp.maps, plan.minnorm)
+    # Early stop when `measure` improves by less than `tolerance` over `check_every` steps.
+    check = (i + 1) % plan.check_every == 0
+    stalled = check & (measure > (1.0 - tolerance) * state.last_check)
+    keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731  (done images stop changing)
     return ImageState(
-        w=w0,
-        opt=jax.vmap(plan.opt(learning_rate).init)(w0),
-        best=x8 if state is None else state.best,
+        params=keep(params, state.params),
+        opt=jax.tree.map(keep, opt, state.opt),
+        best=jnp.where(better, cand.adv8, state.best),
+        best_dist=jnp.where(better, cand.dist, state.best_dist),
+        best_alpha=jnp.where(better, alpha, state.best_alpha),
+        low=jnp.where(lower, cand.adv8, state.low),
+        low_dist=jnp.where(lower, cand.dist, state.low_dist),
+        low_alpha=jnp.where(lower, alpha, state.low_alpha),
+        found=state.found | (active & cand.success),
+        done=state.done | (active & stalled),
+        measure=keep(measure, state.measure),
+        last_check=jnp.where(active & check, measure, state.last_check),
+        steps=state.steps + active.astype(jnp.int32),
+        first=jnp.where(active & cand.success & (state.first < 0), state.steps, state.first),
+    )
+
+
+def _equivalent_alpha(cand: Candidate, maps: Array, cfg: MinNorm) -> Array:
+    """The alpha at which the paper's objective alpha * ||u||^2 + L_C would be stationary at this
+    iterate, linearised: ||grad_u L_C|| / (2 ||u||) with u = S * d (the trade-off the photo needed)."""
+    g = cand.grad / jnp.maximum(maps, cfg.min_sensitivity)[..., None]
+    return jnp.linalg.norm(g) / (2.0 * jnp.sqrt(jnp.maximum(cand.dist, 1e-30)))
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces, batched. Both drivers are made of exactly these.
+
+_in_state = 0  # the state and candidates have the batch axis first on every leaf
+
+
+def evaluate(model, state: ImageState, i, inp: Inputs, *, plan: Plan) -> Candidate:
+    """This step's candidates; the EOT draw comes from the step index inside the compiled step, so
+    both drivers draw the same chains, and each search step replays the same sequence of draws."""
+    one = functools.partial(_evaluate_one, draw=plan.draw(i), plan=plan)
+    return jax.vmap(one, in_axes=(None, _in_state, IN_AXES))(model, state, inp)
+
+
+def needs_check(state: ImageState, cand: Candidate, *, plan: Plan) -> Array:
+    """(N,) bool: candidates whose verdict in every view could change the state. With views drawn
+    at random: a success that could be kept, found this search step's first success, or move the
+    "fmn" budget, and an iterate rated low that could be kept as the fallback. Else none."""
+    if not plan.draws:
+        return jnp.zeros_like(state.done)
+    relevant = (cand.dist < state.best_dist) | ~state.found | (plan.method == "fmn")
+    return ~state.done & ((cand.success & relevant) | (cand.rated_low & (cand.dist < state.low_dist)))
+
+
+def check(model, cand: Candidate, needed: Array, inp: Inputs, *, plan: Plan) -> Candidate:
+    """The candidates' verdicts in every view (`_verdict_one`) where `needed`; the others count as
+    neither a success nor rated low (they could not change the state: `needs_check`)."""
+    ok, low = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, cand.adv8, inp)
+    return cand._replace(success=cand.success & needed & ok, rated_low=cand.rated_low & needed & low)
+
+
+def unchecked(cand: Candidate) -> Candidate:
+    """No candidate needed the check (the other branch of `check`)."""
+    return cand._replace(success=jnp.zeros_like(cand.success), rated_low=jnp.zeros_like(cand.rated_low))
+
+
+def update(state: ImageState, cand: Candidate, i, inp: Inputs, *, plan: Plan) -> ImageState:
+    one = functools.partial(_update_one, plan=plan)
+    return jax.vmap(one, in_axes=(_in_state, _in_state, IN_AXES, None))(state, cand, inp, i)
+
+
+def batch_step(model, state: ImageState, i, inp: Inputs, *, plan: Plan) -> ImageState:
+    """One whole step in one program (the device loop's body; the host loop's step without draws)."""
+    cand = evaluate(model, state, i, inp, plan=plan)
+    if plan.draws:
+        needed = needs_check(state, cand, plan=plan)
+        cand = jax.lax.cond(
+            jnp.any(needed), lambda: check(model, cand, needed, inp, plan=plan), lambda: unchecked(cand)
+        )
+    return update(state, cand, i, inp, plan=plan)
+
+
+def _fresh(inp: Inputs, w0, state: ImageState | None, alpha, skip, *, plan: Plan) -> ImageState:
+    """The state at the start of a search step: from the original image (w0 for "cw") with a new
+    optimiser (as C&W do), keeping the best iterates and the step count of earlier search steps."""
+    n = inp.x8.shape[0]
+    inf = jnp.full((n,), jnp.inf, jnp.float32)
+    if plan.method == "cw":
+        params, opt = w0, jax.vmap(plan.opt(inp.learning_rate).init)(w0)
+    else:
+        params = jnp.zeros(inp.x8.shape, jnp.float32)
+        opt = jax.tree.map(lambda v: jnp.broadcast_to(v, (n,)), initial_budget())
+    return ImageState(
+        params=params,
+        opt=opt,
+        best=inp.x8 if state is None else state.best,
         best_dist=inf if state is None else state.best_dist,
         best_alpha=alpha if state is None else state.best_alpha,
-        low=x8 if state is None else state.low,
+        low=inp.x8 if state is None else state.low,
         low_dist=inf if state is None else state.low_dist,
         low_alpha=alpha if state is None else state.low_alpha,
         found=jnp.zeros((n,), jnp.bool_),
         done=skip,
-        min_loss=jnp.full((n,), jnp.inf, jnp.float32),
-        last_check=jnp.full((n,), jnp.inf, jnp.float32),
+        measure=inf,
+        last_check=inf,
         steps=jnp.zeros((n,), jnp.int32) if state is None else state.steps,
-        drawn=_unseen(n, plan.eot),
+        first=jnp.full((n,), -1, jnp.int32) if state is None else state.first,
     )
 
 
-def _unseen(n: int, eot: EOT | None) -> Array | None:
-    """`ImageState.drawn` before any draw: every chain's verdict unknown (inf: not a success)."""
-    if eot is None or not eot.groups:
-        return None
-    return jnp.full((n, eot.drawable), jnp.inf, jnp.float32)
-
-
-def begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: Plan):
-    c0 = 1.0 / alpha
+def begin(model, inp: Inputs, *, plan: Plan) -> tuple[ImageState, Search]:
+    """The first state; photos already rated low (inside the margin, in every view of the profile:
+    with EOT, every chain it can draw) need no change: returned as given, no step spent."""
+    skip, _ = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, inp.x8, inp)
     # w0 is computed once: the restarts then begin from bit-identical parameters whichever loop
     # runs them (XLA may evaluate arctanh differently inside and outside a loop).
-    w0 = to_tanh_space(x8.astype(jnp.float32) / 255.0)
-    # A photo whose loss is already zero (rated low, inside the margin, in every view: with EOT,
-    # every chain it can draw) needs no change: it is returned as given and spends no step (its
-    # loss could never stall either).
-    lc0 = jax.vmap(
-        lambda w, x, s: hasmap_loss(
-            w, x, s, 1.0, model, threshold, confidence, plan.view_size, plan.jpeg_chain, plan.eot
-        )[1][1]
-    )(w0, x8.astype(jnp.float32) / 255.0, sensitivity)
-    skip = lc0 <= 0.0
+    w0 = to_tanh_space(inp.x8.astype(jnp.float32) / 255.0) if plan.method == "cw" else None
+    c0 = 1.0 / inp.alpha
     search = Search(
         c=c0,
         c_lo=jnp.zeros_like(c0),
         c_hi=jnp.full_like(c0, 1e10),
-        alpha_now=alpha,
+        alpha_now=inp.alpha,
         skip=skip,
         w0=w0 if plan.search_steps > 1 else None,
     )
-    return _fresh(x8, w0, learning_rate, None, alpha, skip, plan=plan), search
+    return _fresh(inp, w0, None, inp.alpha, skip, plan=plan), search
 
 
-def next_search(x8, learning_rate, state: ImageState, search: Search, *, plan: Plan) -> tuple[ImageState, Search]:
-    """Bounds c by this search step's outcome and starts the next search step with it."""
+def next_search(inp: Inputs, state: ImageState, search: Search, *, plan: Plan) -> tuple[ImageState, Search]:
+    """Bounds c by this search step's outcome and starts the next search step with it ("cw")."""
     ok = state.found
     c_hi = jnp.where(ok, jnp.minimum(search.c_hi, search.c), search.c_hi)
     c_lo = jnp.where(ok, search.c_lo, jnp.maximum(search.c_lo, search.c))
     c = jnp.where(c_hi < 1e9, (c_lo + c_hi) / 2.0, search.c * 10.0)
     alpha_now = 1.0 / c
-    state = _fresh(x8, search.w0, learning_rate, state, alpha_now, search.skip, plan=plan)
+    state = _fresh(inp._replace(alpha=alpha_now), search.w0, state, alpha_now, search.skip, plan=plan)
     return state, Search(c, c_lo, c_hi, alpha_now, search.skip, search.w0)
-
-
-def batch_step(model, state, i, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: Plan):
-    # The EOT draw comes from the step index inside the compiled step, so the host loop and the
-    # device loop draw the same chains, and each search step replays the same sequence of draws
-    # (its alpha is then the only difference from the last one).
-    draw = plan.eot.draw(i) if plan.eot is not None and plan.eot.groups else None
-    step = functools.partial(
-        image_step,
-        optimizer=plan.opt(learning_rate),
-        check_every=plan.check_every,
-        view_size=plan.view_size,
-        jpeg_chain=plan.jpeg_chain,
-        eot=plan.eot,
-        draw=draw,
-    )
-    return jax.vmap(step, in_axes=(0, None, 0, 0, 0, None, None, None))(
-        state, i, x8, sensitivity, alpha, model, threshold, confidence
-    )
 
 
 #: What `attack_batch` returned per image (`AttackResult.kept`), by code.
@@ -237,12 +353,18 @@ KEPT = ("margin", "rated_low", "original", "already_low")
 
 def outcome(state: ImageState, search: Search):
     """The image to return: the least-distorted success inside the margin, else the least-distorted
-    iterate rated low, else the original; with the alpha that produced it and which one it is."""
+    iterate rated low, else the original; with the steps run, the alpha that produced it ("fmn":
+    the equivalent alpha at it, `_equivalent_alpha`), which one it is (a `KEPT` code) and the
+    steps run before the first success (-1: none)."""
     margin, low = jnp.isfinite(state.best_dist), jnp.isfinite(state.low_dist)
     image = jnp.where(margin[:, None, None, None], state.best, state.low)  # low is the original while none
     used_alpha = jnp.where(margin, state.best_alpha, jnp.where(low, state.low_alpha, search.alpha_now))
     kept = jnp.where(search.skip, 3, jnp.where(margin, 0, jnp.where(low, 1, 2)))
-    return image, state.steps, used_alpha, kept
+    return image, state.steps, used_alpha, kept, state.first
+
+
+def _inputs_for(inp: Inputs, search: Search) -> Inputs:
+    return inp._replace(alpha=search.alpha_now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,15 +372,15 @@ def outcome(state: ImageState, search: Search):
 
 
 @functools.partial(jax.jit, static_argnames="plan")
-def _device_program(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, *, plan: Plan):
-    def run(k, state, alpha_now):
+def _device_program(model, inp: Inputs, *, plan: Plan):
+    def run(k, state, inp_k):
         def cond(carry):
             i, s = carry
             return (i < plan.steps) & ~jnp.all(s.done)
 
         def body(carry):
             i, s = carry
-            s = batch_step(model, s, i, x8, sensitivity, alpha_now, threshold, confidence, learning_rate, plan=plan)
+            s = batch_step(model, s, i, inp_k, plan=plan)
             if plan.report_every:
                 done = k * plan.steps + i + 1
                 jax.lax.cond(done % plan.report_every == 0, lambda: jax.debug.callback(_report, done), lambda: None)
@@ -268,14 +390,12 @@ def _device_program(model, x8, sensitivity, alpha, threshold, confidence, learni
 
     def search(k, carry):
         state, srch = carry
-        state, srch = jax.lax.cond(
-            k == 0, lambda: (state, srch), lambda: next_search(x8, learning_rate, state, srch, plan=plan)
-        )
-        return run(k, state, srch.alpha_now), srch
+        state, srch = jax.lax.cond(k == 0, lambda: (state, srch), lambda: next_search(inp, state, srch, plan=plan))
+        return run(k, state, _inputs_for(inp, srch)), srch
 
-    state, srch = begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, plan=plan)
+    state, srch = begin(model, inp, plan=plan)
     if plan.search_steps == 1:
-        return outcome(run(0, state, srch.alpha_now), srch)
+        return outcome(run(0, state, inp), srch)
     return outcome(*jax.lax.fori_loop(0, plan.search_steps, search, (state, srch)))
 
 
@@ -289,19 +409,8 @@ def _report(done) -> None:
         _progress_sink[-1](int(done))
 
 
-def run_device(
-    model,
-    x8,
-    sensitivity,
-    alpha,
-    threshold,
-    confidence,
-    learning_rate,
-    *,
-    plan: Plan,
-    progress: Callable[[int], None] | None = None,
-):
-    """The attack as one compiled program; returns `outcome`'s (image, steps, alpha, kept code).
+def run_device(model, inp: Inputs, *, plan: Plan, progress: Callable[[int], None] | None = None):
+    """The attack as one compiled program; returns `outcome`'s tuple.
 
     `progress(steps_done)` is called from inside the program every `plan.report_every` steps (when
     that is set) and once at the end.
@@ -309,7 +418,7 @@ def run_device(
     if progress is not None:
         _progress_sink.append(progress)
     try:
-        out = _device_program(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, plan=plan)
+        out = _device_program(model, inp, plan=plan)
         jax.block_until_ready(out)
         jax.effects_barrier()
     finally:
@@ -321,12 +430,14 @@ def run_device(
 
 
 # --------------------------------------------------------------------------------------------
-# The host loop: one compiled step over donated state, driven from Python (XLA:CPU)
+# The host loop: compiled pieces over donated state, driven from Python (XLA:CPU)
 #
 # XLA:CPU runs a loop body about 2.6x slower than the same computation outside a loop (measured on
 # KonCept-shaped models; no flag changed it), so there the host calls one compiled step per
-# iteration. The state stays on the device and is donated (updated in place); the host reads the
-# "done" flags only where they can change (the early-stop checks), so no step waits on the host.
+# iteration. The state stays on the device and is donated (updated in place). Without drawn views
+# the host reads the "done" flags only where they can change (the early-stop checks), so no step
+# waits on the host; with drawn views it reads one flag per step, whether any candidate needs the
+# check (a `lax.cond` there would run its branch as a nested computation, the slow case).
 
 _j_begin = jax.jit(begin, static_argnames="plan")
 _j_next_search = jax.jit(next_search, static_argnames="plan", donate_argnames="state")
@@ -334,41 +445,46 @@ _j_step = jax.jit(batch_step, static_argnames="plan", donate_argnames="state")
 _j_outcome = jax.jit(outcome)
 
 
+@functools.partial(jax.jit, static_argnames="plan")
+def _j_evaluate(model, state, i, inp, *, plan):
+    cand = evaluate(model, state, i, inp, plan=plan)
+    return cand, needs_check(state, cand, plan=plan)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "checked"), donate_argnames=("state", "cand"))
+def _j_finish(model, state, cand, needed, i, inp, *, plan, checked):
+    cand = check(model, cand, needed, inp, plan=plan) if checked else unchecked(cand)
+    return update(state, cand, i, inp, plan=plan)
+
+
+def _host_step(model, state, i, inp, plan):
+    if not plan.draws:
+        return _j_step(model, state, i, inp, plan=plan)
+    cand, needed = _j_evaluate(model, state, i, inp, plan=plan)
+    return _j_finish(model, state, cand, needed, i, inp, plan=plan, checked=bool(jnp.any(needed)))
+
+
 def run_host(
     model,
-    x8,
-    sensitivity,
-    alpha,
-    threshold,
-    confidence,
-    learning_rate,
+    inp: Inputs,
     *,
     plan: Plan,
     progress: Callable[[int], None] | None = None,
     report_every: int = 5,
 ):
-    # The step does not depend on the number of steps: one compiled step serves every count.
+    # The step does not depend on the number of steps (the schedules read it from `inp`): one
+    # compiled step serves every count.
     step_plan = dataclasses.replace(plan, steps=0, search_steps=0, report_every=0)
     begin_plan = dataclasses.replace(plan, steps=0, report_every=0)
-    state, search = _j_begin(model, x8, sensitivity, alpha, threshold, confidence, learning_rate, plan=begin_plan)
+    state, search = _j_begin(model, inp, plan=begin_plan)
     for k in range(plan.search_steps):
         if k:
-            state, search = _j_next_search(x8, learning_rate, state, search, plan=begin_plan)
+            state, search = _j_next_search(inp, state, search, plan=begin_plan)
         if bool(jnp.all(state.done)):  # every photo already rated low as given
             break
+        inp_k = _inputs_for(inp, search)
         for i in range(plan.steps):
-            state = _j_step(
-                model,
-                state,
-                jnp.int32(i),
-                x8,
-                sensitivity,
-                search.alpha_now,
-                threshold,
-                confidence,
-                learning_rate,
-                plan=step_plan,
-            )
+            state = _host_step(model, state, jnp.int32(i), inp_k, step_plan)
             checked = (i + 1) % plan.check_every == 0
             if checked and bool(jnp.all(state.done)):
                 break

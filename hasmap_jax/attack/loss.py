@@ -1,6 +1,7 @@
-"""The HASMap objective for one image (Shen et al., MediaEval 2020, after Carlini & Wagner 2017).
+"""The attack's objectives for one image: HASMap's penalty (Shen et al., MediaEval 2020, after
+Carlini & Wagner 2017) and the minimum-norm method's margin.
 
-Per image, minimise over the perturbation d
+Per image, HASMap minimises over the perturbation d
 
     alpha * ||S * d||_2^2 + L_C(x + d),   L_C = max(Z_high - Z_low + kappa, 0),
 
@@ -8,6 +9,10 @@ where S in [0, 1] is the human sensitivity map (broadcast over colour channels),
 view of the quality score (`quality_logits`), so L_C is zero once the image is rated "low". Pixels
 stay in [0, 1] through the tanh parameterisation x' = (tanh(w) + 1) / 2; the model always sees the
 image rounded to 8 bits (what a PNG holds), with a straight-through gradient.
+
+The minimum-norm method (`hasmap_jax.attack.minnorm`) moves d itself inside the box and follows
+`margin_loss`: the same per-view terms Z_high - Z_low + kappa, signed, so that it keeps a gradient
+once the image is rated low.
 
 Each function here is written for one image; `hasmap_jax.attack.loop` vmaps them over the batch.
 """
@@ -35,6 +40,7 @@ __all__ = [
     "from_tanh_space",
     "hasmap_loss",
     "jpeg_chain_of",
+    "margin_loss",
     "model_views",
     "quantize",
     "to_tanh_space",
@@ -139,3 +145,34 @@ def hasmap_loss(
     lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, threshold), confidence))
     aux = (dist, lc, jnp.max(scores))
     return alpha * dist + lc, (*aux, scores) if per_view else aux
+
+
+def margin_loss(
+    d: Array,
+    x: Array,
+    sensitivity: Array,
+    model: Any,
+    threshold: Array,
+    confidence: Array,
+    view_size: tuple[int, int] | None = None,
+    jpeg_chain: tuple[int, ...] = (),
+    eot: EOT | None = None,
+    draw: Array | None = None,
+) -> tuple[Array, tuple[Array, ...]]:
+    """The minimum-norm method's loss for one image at the perturbation d (x + d inside [0, 1]):
+    zero exactly at the boundary of success, positive outside it; also returns (D, L_C, highest
+    score) as `hasmap_loss` does.
+
+    With per-view margins m_v = Z_high - Z_low + kappa = 2 (score_v - tau) + kappa (`cw_loss`
+    without the clip), the loss is sum_v max(m_v, 0) while some view fails (the C&W term L_C: its
+    gradient pulls every failing view) and max_v m_v once all pass (the view nearest to failing
+    keeps a gradient, so the budget's projection has something to trade against). The model sees
+    x + d rounded to 8 bits, as in `hasmap_loss`.
+    """
+    adv = quantize(jnp.clip(x + d, 0.0, 1.0))
+    dist = weighted_distortion(adv - x, sensitivity)
+    scores = model.apply(model_views(adv, view_size, jpeg_chain, eot, draw))
+    logits = quality_logits(scores, threshold)
+    m = logits[:, 0] - logits[:, 1] + confidence
+    lc = jnp.sum(jnp.maximum(m, 0.0))
+    return lc + jnp.minimum(jnp.max(m), 0.0), (dist, lc, jnp.max(scores))

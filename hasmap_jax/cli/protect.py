@@ -24,10 +24,19 @@ def _robust(text: str) -> int | str | None:
 
 
 PROTECT_EPILOG = """\
-presets (alpha: smaller = stronger protection, more visible change; all with margin kappa 10):
+methods (--method):
+  fmn   the default: the minimum-norm method finds each photo's least change that the quality model
+        no longer rates high (a budget per photo, adapted at every step)
+  cw    the paper's HASMap: one fixed trade-off alpha for every photo (smaller alpha = stronger
+        protection, more visible change)
+  A rerun into a folder whose manifest records a method keeps it unless --method is given (a manifest
+  from before --method existed records the paper's, cw).
+
+presets (kappa: the margin below the threshold; a wider one survives more re-encoding):
 {presets}
---steps and --confidence override the preset's values; --alpha sets alpha instead of a preset (with the
-default preset's steps and margin) and cannot be given together with --preset.
+--steps and --confidence override the preset's values; --alpha (the paper's method: implies --method cw)
+sets alpha instead of a preset (with the default preset's steps and margin) and cannot be given together
+with --preset.
 
 behaviour:
   inputs are never modified; outputs are written atomically (temporary file + rename) as
@@ -50,22 +59,23 @@ written), 130 interrupted (rerun to resume).
 
 
 def _preset_lines() -> str:
-    """The presets of the epilog, from the tables themselves (`--robust web` has its own)."""
-    from hasmap_jax.protect import DEFAULT_PRESET, PRESETS, WEB_PRESETS
+    """The presets of the epilog, from the tables themselves (per method and profile)."""
+    from hasmap_jax.protect import DEFAULT_METHOD, DEFAULT_PRESET, PRESET_TABLES
 
     lines = []
-    for label, table in (("", PRESETS), ("with --robust web: ", WEB_PRESETS)):
-        if label:
-            lines.append(f"  {label}")
+    for (method, robust), table in PRESET_TABLES.items():
+        default = " (the default)" if method == DEFAULT_METHOD and robust == "jpeg90" else ""
+        lines.append(f"  --method {method}" + (" --robust web" if robust == "web" else "") + f":{default}")
         for name, p in table.items():
             what = "the default" if name == DEFAULT_PRESET else p.description.split(";")[0]
+            alpha = "" if p.alpha is None else f"alpha {p.alpha:g}, "
             floor = f", map floor {p.sensitivity_floor:g}" if p.sensitivity_floor else ""
-            lines.append(f"  {name:<5} alpha {p.alpha:g}, {p.steps} steps{floor}   {what}")
+            lines.append(f"    {name:<5} {alpha}kappa {p.confidence:g}, {p.steps} steps{floor}   {what}")
     return "\n".join(lines)
 
 
 def register(subparsers) -> None:
-    from hasmap_jax.protect import DEFAULT_PRESET, PRESETS
+    from hasmap_jax.protect import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_TABLES
 
     p = subparsers.add_parser(
         "protect",
@@ -95,12 +105,27 @@ def register(subparsers) -> None:
     d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (with --distributed)")
     d.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job (with --distributed)")
     d.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1 (with --distributed)")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        help=f"fmn: each photo's least change (minimum-norm); cw: the paper's fixed alpha (default: {DEFAULT_METHOD}, "
+        "or the method the output folder's manifest records)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=list(PRESETS), help=f"protection strength (default: {DEFAULT_PRESET})")
-    g.add_argument("--alpha", type=float, help="the attack's trade-off alpha (smaller = stronger, more visible)")
+    presets = next(iter(PRESET_TABLES.values()))
+    g.add_argument("--preset", choices=list(presets), help=f"protection strength (default: {DEFAULT_PRESET})")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        help="the paper's trade-off alpha (smaller = stronger, more visible; implies --method cw)",
+    )
     p.add_argument("--steps", type=positive_int, help="optimisation steps (default: the preset's)")
-    p.add_argument("--search-steps", type=positive_int, help="searches over alpha per photo (default: the preset's)")
-    p.add_argument("--learning-rate", type=float, default=1e-2, help="Adam learning rate (default: %(default)s)")
+    p.add_argument(
+        "--search-steps", type=positive_int, help="searches over alpha per photo (--method cw; default: the preset's)"
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=1e-2, help="Adam learning rate (--method cw; default: %(default)s)"
+    )
     p.add_argument(
         "--model", default="default", help="shipped model name, checkpoint, .pth or .h5 (default: %(default)s)"
     )
@@ -164,11 +189,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def resolve_method(args: argparse.Namespace) -> str:
+    """The method: --method if given; the paper's where --alpha or --search-steps ask for it; else
+    the one the output folder's manifest records (the paper's for a manifest from before --method);
+    else the default."""
+    from hasmap_jax.protect import DEFAULT_METHOD, recorded_settings
+
+    if args.method is not None:
+        return args.method
+    if args.alpha is not None or args.search_steps is not None:
+        return "cw"
+    recorded = recorded_settings(args.output)
+    return DEFAULT_METHOD if recorded is None else recorded["method"]
+
+
 def settings_from_args(args: argparse.Namespace, model_id: str):
-    """`ProtectSettings` from parsed arguments (preset first, then explicit overrides)."""
+    """`ProtectSettings` from parsed arguments (method, preset, then explicit overrides)."""
     from hasmap_jax.protect import DEFAULT_PRESET, ProtectSettings
 
     overrides = dict(
+        method=resolve_method(args),
         learning_rate=args.learning_rate,
         threshold=args.threshold,
         format=args.format,

@@ -1,10 +1,10 @@
 """Protecting folders of real photos (`hasmap protect`): safe outputs and a resumable manifest.
 
-  settings   presets and `ProtectSettings` (everything that decides the output bytes)
-  manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
-  lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
-  runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
-             processes of a job, attack, write atomically
+settings   presets and `ProtectSettings` (everything that decides the output bytes)
+manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
+lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
+runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
+           processes of a job, attack, write atomically
 """
 
 from hasmap_jax.protect.lock import FolderLock, FolderLocked
@@ -15,13 +15,15 @@ from hasmap_jax.protect.manifest import (
     model_identity,
     part_name,
     recorded_outputs,
+    recorded_settings,
 )
 from hasmap_jax.protect.runner import FileResult, ProtectInterrupted, ProtectSummary, plan, protect_paths
 from hasmap_jax.protect.settings import (
+    DEFAULT_METHOD,
     DEFAULT_PRESET,
-    PRESETS,
+    METHODS,
+    PRESET_TABLES,
     PROTOCOL_JPEG_QUALITY,
-    WEB_PRESETS,
     Preset,
     ProtectSettings,
     SettingsMismatch,
@@ -30,11 +32,12 @@ from hasmap_jax.protect.settings import (
 )
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DEFAULT_PRESET",
     "MANIFEST_NAME",
-    "PRESETS",
+    "METHODS",
+    "PRESET_TABLES",
     "PROTOCOL_JPEG_QUALITY",
-    "WEB_PRESETS",
     "FileResult",
     "FolderLock",
     "FolderLocked",
@@ -52,4 +55,5 @@ __all__ = [
     "plan",
     "protect_paths",
     "recorded_outputs",
+    "recorded_settings",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hasmap_jax.protect.settings import SettingsMismatch, UsageError, settings_diff
+from hasmap_jax.protect.settings import ADDED_LATER, SettingsMismatch, UsageError, settings_diff
 
 MANIFEST_NAME = "hasmap-manifest.jsonl"
 MANIFEST_VERSION = 1
@@ -183,6 +183,20 @@ def recorded_outputs(outdir: Path) -> set[Path]:
     if not manifest_files(outdir):
         return set()
     return {(outdir / rel).resolve() for rel in Manifest(outdir / MANIFEST_NAME).owned}
+
+
+def recorded_settings(outdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings of the latest run `outdir`'s manifest records, with what an older manifest
+    did not record filled in as it meant then (`ADDED_LATER`); None without a readable manifest
+    (the run itself then reports what is wrong with it)."""
+    outdir = Path(outdir)
+    if not manifest_files(outdir):
+        return None
+    try:
+        settings = Manifest(outdir / MANIFEST_NAME).settings
+    except (UsageError, OSError):
+        return None
+    return None if settings is None else {**ADDED_LATER, **settings}
 
 
 def model_identity(name: str, model: Any) -> str:

@@ -521,6 +521,7 @@ def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, pr
         steps=settings.steps,
         search_steps=settings.search_steps,
         learning_rate=settings.learning_rate,
+        method=settings.method,
         compute_dtype=settings.precision,
     )
     if settings.view_size != "auto":
@@ -604,7 +605,9 @@ def _attack(jobs, loaded, manifest, settings, attack_batch, kwargs, finish, rows
         rgb.append(x)
     rgb += rgb[-1:] * (rows - len(rgb))
     try:
-        return attack_batch(np.stack(rgb), settings.alpha, **kwargs)
+        # The minimum-norm method has no alpha (`ProtectSettings.alpha` is None): attack_batch ignores it.
+        alpha = settings.alpha if settings.alpha is not None else 1.0
+        return attack_batch(np.stack(rgb), alpha, **kwargs)
     except (ValueError, MemoryError, jax.errors.JaxRuntimeError) as e:
         # What a photo can cause: a size the model cannot take (ValueError), running out of host
         # or device memory (RESOURCE_EXHAUSTED). Programming errors surface instead.

@@ -14,9 +14,19 @@ from hasmap_jax.files import DEFAULT_MAX_PIXELS, FORMATS, MIN_SIDE
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A named protection strength: `attack_batch`'s alpha (smaller = stronger, more visible) and steps."""
+    """A named protection strength: `attack_batch`'s settings for one method and profile.
 
-    alpha: float
+    Attributes:
+      alpha: the paper's trade-off (smaller = stronger, more visible); None for the minimum-norm
+        method, which finds each photo's change itself.
+      steps, search_steps: optimisation steps, and searches over alpha ("cw").
+      confidence: the margin kappa (protected <=> score <= threshold - kappa / 2): a wider margin
+        survives more re-encoding, for a larger change.
+      description: one line for the help.
+      sensitivity_floor: the map raised to at least this value (`attack_batch(sensitivity_floor=)`).
+    """
+
+    alpha: float | None
     steps: int
     search_steps: int
     confidence: float
@@ -24,38 +34,50 @@ class Preset:
     sensitivity_floor: float = 0.0
 
 
-#: Named strengths. alpha follows `attack_batch` (the paper's trade-off; Table 1 spans 10 ... 50);
-#: what each gives with the default model is measured in the report, not promised here. The margin
-#: kappa = 10 (protected <=> score <= threshold - 5) keeps the protection clear of the threshold
-#: after re-encoding: with the JPEG-90-robust loss and kappa = 0 one example photo in six came back
-#: over the threshold after real JPEG-90 at alpha 20, with kappa = 10 none did at alpha 1 ... 40,
-#: for about 0.8 dB of PSNR (benchmarks/alpha_sweep.py, README "Figures").
-PRESETS: dict[str, Preset] = {
-    "low": Preset(40.0, 100, 1, 10.0, "faintest change; protects the fewest photos"),
-    "mid": Preset(20.0, 100, 1, 10.0, "the default balance"),
-    "high": Preset(10.0, 200, 1, 10.0, "protects the most photos; the change is more often visible up close"),
-}
-#: The same names for `--robust web`, whose loss also scores drawn JPEG / resized / blurred / cropped /
-#: flipped views and whose success needs every one of them rated low: it needs a smaller alpha, more
-#: steps and a floor under the sensitivity map (without one the JND map piles the large change this
-#: loss needs into texture, at a high plain-L2 cost). Measured on the six example photos
-#: (benchmarks/robust_profiles.py, README "Surviving what photo sites do"): "mid" (alpha 1, floor
-#: 0.5, 300 steps) protected all six, at most one still rated high after each listed operation, at
-#: 40.5 dB mean PSNR; without the floor, alpha 2 did as well at 38.1 dB and alpha 5 protected three
-#: of six. "low" (alpha 2) and "high" (alpha 0.5) follow alpha's usual direction and are not measured.
-#: Those figures are for the default model of 2026-12-01; against the current default (run D0) "mid"
-#: gives 37.9 dB and two in six rated high after resize 0.75 + JPEG 75: the presets need retuning.
-WEB_PRESETS: dict[str, Preset] = {
-    "low": Preset(2.0, 300, 1, 10.0, "faintest change; protects the fewest photos", 0.5),
-    "mid": Preset(1.0, 300, 1, 10.0, "the default balance", 0.5),
-    "high": Preset(0.5, 300, 1, 10.0, "protects the most photos; the change is more often visible up close", 0.5),
+#: The optimisation methods of `hasmap protect --method`: "fmn", the minimum-norm method (each
+#: photo's own least change; the default), and "cw", the paper's fixed-alpha method.
+METHODS = ("fmn", "cw")
+DEFAULT_METHOD = "fmn"
+
+#: Named strengths, per method and robustness profile ("jpeg90" and "off" share a table; "web" has
+#: its own: its loss also scores drawn JPEG / resized / blurred / cropped / flipped views, every one
+#: of which must rate the photo low). What each gives with the default model is measured, not
+#: promised here: README, "Minimum-norm protection" and "Figures", with the commands.
+#: The margin kappa = 10 (protected <=> score <= threshold - 5) keeps the protection clear of the
+#: threshold after re-encoding. The paper's method: alpha follows `attack_batch` (Table 1 spans
+#: 10 ... 50); for "web" a smaller alpha, more steps and a floor under the map (without one the JND
+#: map piles the large change this loss needs into texture, at a high plain-L2 cost). The
+#: minimum-norm method has no alpha: its strengths are the margin and the steps.
+PRESET_TABLES: dict[tuple[str, str], dict[str, Preset]] = {
+    ("fmn", "jpeg90"): {
+        "low": Preset(None, 50, 1, 6.0, "faintest change; the narrowest margin over JPEG's approximation"),
+        "mid": Preset(None, 50, 1, 10.0, "the default balance"),
+        "high": Preset(None, 100, 1, 16.0, "the widest margin: survives the most; the change is larger"),
+    },
+    ("fmn", "web"): {
+        "low": Preset(None, 150, 1, 6.0, "faintest change; the narrowest margin", 0.5),
+        "mid": Preset(None, 150, 1, 10.0, "the default balance", 0.5),
+        "high": Preset(None, 150, 1, 16.0, "the widest margin: survives the most; the change is larger", 0.5),
+    },
+    ("cw", "jpeg90"): {
+        "low": Preset(40.0, 100, 1, 10.0, "faintest change; protects the fewest photos"),
+        "mid": Preset(20.0, 100, 1, 10.0, "the default balance"),
+        "high": Preset(10.0, 200, 1, 10.0, "protects the most photos; the change is more often visible up close"),
+    },
+    ("cw", "web"): {
+        "low": Preset(2.0, 300, 1, 10.0, "faintest change; protects the fewest photos", 0.5),
+        "mid": Preset(1.0, 300, 1, 10.0, "the default balance", 0.5),
+        "high": Preset(0.5, 300, 1, 10.0, "protects the most photos; the change is more often visible up close", 0.5),
+    },
 }
 DEFAULT_PRESET = "mid"
 
 
-def presets(robust: str = "jpeg90") -> dict[str, Preset]:
-    """The named presets for a `--robust` choice: `WEB_PRESETS` for "web", else `PRESETS`."""
-    return WEB_PRESETS if robust == "web" else PRESETS
+def presets(robust: str = "jpeg90", method: str = DEFAULT_METHOD) -> dict[str, Preset]:
+    """The named presets of a method for a `--robust` choice ("web" has its own, "off" is jpeg90's)."""
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return PRESET_TABLES[method, "web" if robust == "web" else "jpeg90"]
 
 
 #: The MediaEval 2020 protocol JPEG-compresses every protected image at this quality before scoring.
@@ -79,7 +101,11 @@ class ProtectSettings:
     """Everything that decides the output bytes; recorded in the manifest and compared on a rerun.
 
     Attributes:
-      alpha, steps, search_steps, learning_rate, threshold: passed to `attack_batch`.
+      method: `attack_batch`'s method: "fmn" (the minimum-norm method, the default) or "cw" (the
+        paper's fixed-alpha method).
+      alpha: the paper's trade-off ("cw"; None for "fmn", which has none).
+      steps, search_steps, learning_rate, threshold: passed to `attack_batch` (search_steps and
+        learning_rate are the paper's method's).
       format: "png" or "jpeg" (output files .png / .jpg).
       quality: JPEG quality of JPEG output.
       robust_jpeg: JPEG quality the protection must survive after the file is saved (the MediaEval
@@ -91,9 +117,9 @@ class ProtectSettings:
         "jpeg90" (default: the JPEG chain above), "web" (JPEG 60-95, downscaling to 50-100 %,
         light blur, small crops and flips, judged after real Pillow operations at the profile's
         checkpoints; JPEG output is saved at `quality` first) or "off" (the paper's plain loss;
-        also turns `robust_jpeg` off). "web" has presets of its own (`WEB_PRESETS`):
-        `ProtectSettings.from_preset("mid", robust="web")`, as the command line does; the field
-        defaults are those of `PRESETS["mid"]`.
+        also turns `robust_jpeg` off). Each method and profile has presets of its own
+        (`presets`): `ProtectSettings.from_preset("mid", robust="web")`, as the command line
+        does; the field defaults are the default method's "mid" for "jpeg90".
       confidence: the margin kappa of `attack_batch` (success needs score <= threshold - kappa/2).
       sensitivity_floor: `attack_batch(sensitivity_floor=...)`: the sensitivity map raised to at
         least this value, so the change is not piled up in texture without bound (0: the map as
@@ -109,17 +135,18 @@ class ProtectSettings:
       model, sensitivity: identities of the models used (names, paths and digests), for the manifest.
     """
 
-    alpha: float = PRESETS[DEFAULT_PRESET].alpha
-    steps: int = PRESETS[DEFAULT_PRESET].steps
-    search_steps: int = PRESETS[DEFAULT_PRESET].search_steps
+    method: str = DEFAULT_METHOD
+    alpha: float | None = PRESET_TABLES[DEFAULT_METHOD, "jpeg90"][DEFAULT_PRESET].alpha
+    steps: int = PRESET_TABLES[DEFAULT_METHOD, "jpeg90"][DEFAULT_PRESET].steps
+    search_steps: int = PRESET_TABLES[DEFAULT_METHOD, "jpeg90"][DEFAULT_PRESET].search_steps
     learning_rate: float = 1e-2
     threshold: float = 50.0
     format: str = "png"
     quality: int = 90
     robust_jpeg: int | str | None = "auto"
     robust: str = "jpeg90"
-    confidence: float = PRESETS[DEFAULT_PRESET].confidence
-    sensitivity_floor: float = PRESETS[DEFAULT_PRESET].sensitivity_floor
+    confidence: float = PRESET_TABLES[DEFAULT_METHOD, "jpeg90"][DEFAULT_PRESET].confidence
+    sensitivity_floor: float = PRESET_TABLES[DEFAULT_METHOD, "jpeg90"][DEFAULT_PRESET].sensitivity_floor
     suffix: str = ""
     keep_metadata: bool = False
     strip_icc: bool = False
@@ -147,8 +174,18 @@ class ProtectSettings:
             raise UsageError(f"confidence must be >= 0, got {self.confidence}")
         if not (np.isfinite(self.sensitivity_floor) and 0 <= self.sensitivity_floor <= 1):
             raise UsageError(f"sensitivity floor must be in [0, 1], got {self.sensitivity_floor}")
-        if not (np.isfinite(self.alpha) and self.alpha > 0):
-            raise UsageError(f"alpha must be positive, got {self.alpha}")
+        if self.method not in METHODS:
+            raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "fmn":
+            if self.alpha is not None:
+                raise UsageError(
+                    f"alpha {self.alpha:g} is the paper's trade-off; the minimum-norm method (--method fmn) finds "
+                    "each photo's change itself: leave alpha out, or use --method cw"
+                )
+            if self.search_steps != 1:
+                raise UsageError("search steps (over alpha) belong to the paper's method: use --method cw")
+        elif self.alpha is None or not (np.isfinite(self.alpha) and self.alpha > 0):
+            raise UsageError(f"the paper's method (--method cw) needs a positive alpha, got {self.alpha}")
         if self.steps < 1 or self.search_steps < 1:
             raise UsageError("steps and search steps must be at least 1")
         if os.sep in self.suffix or "/" in self.suffix:
@@ -167,9 +204,9 @@ class ProtectSettings:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ProtectSettings:
-        """Settings of a named preset ("low", "mid", "high") for the `robust` choice among the
-        overrides (`presets`: "web" has its own), with any field overridden."""
-        table = presets(overrides.get("robust") or "jpeg90")
+        """Settings of a named preset ("low", "mid", "high") for the `method` and `robust` choices
+        among the overrides (`presets`), with any field overridden."""
+        table = presets(overrides.get("robust") or "jpeg90", overrides.get("method") or DEFAULT_METHOD)
         if name not in table:
             raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
         p = table[name]
@@ -210,13 +247,13 @@ class ProtectSettings:
 
 
 #: Settings added after manifests were first written, with the value an older manifest meant.
-_ADDED_LATER = {"robust": "jpeg90", "sensitivity_floor": 0.0}
+ADDED_LATER = {"robust": "jpeg90", "sensitivity_floor": 0.0, "method": "cw"}
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two settings dicts ("alpha: 20.0 -> 10.0"). A setting an
-    older manifest did not record counts as the value it had then (`robust`: "jpeg90",
-    `sensitivity_floor`: 0)."""
-    old = {**{k: v for k, v in _ADDED_LATER.items() if k in new}, **old}
+    older manifest did not record counts as the value it had then (`ADDED_LATER`: `robust`
+    "jpeg90", `sensitivity_floor` 0, `method` "cw")."""
+    old = {**{k: v for k, v in ADDED_LATER.items() if k in new}, **old}
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
