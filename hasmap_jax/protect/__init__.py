@@ -3,6 +3,7 @@
   settings   presets and `ProtectSettings` (everything that decides the output bytes)
   manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
   lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
+  memory     the memory a batch of photos needs, and the budget batches are filled to
   runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
              processes of a job, attack, write atomically
 """
@@ -16,7 +17,16 @@ from hasmap_jax.protect.manifest import (
     part_name,
     recorded_outputs,
 )
-from hasmap_jax.protect.runner import FileResult, ProtectInterrupted, ProtectSummary, plan, protect_paths
+from hasmap_jax.protect.runner import (
+    EXIT_DISK_FULL,
+    FileResult,
+    OutputNotWritable,
+    ProtectInterrupted,
+    ProtectStopped,
+    ProtectSummary,
+    plan,
+    protect_paths,
+)
 from hasmap_jax.protect.settings import (
     DEFAULT_PRESET,
     PRESETS,
@@ -31,6 +41,7 @@ from hasmap_jax.protect.settings import (
 
 __all__ = [
     "DEFAULT_PRESET",
+    "EXIT_DISK_FULL",
     "MANIFEST_NAME",
     "PRESETS",
     "PROTOCOL_JPEG_QUALITY",
@@ -39,8 +50,10 @@ __all__ = [
     "FolderLock",
     "FolderLocked",
     "Manifest",
+    "OutputNotWritable",
     "Preset",
     "ProtectInterrupted",
+    "ProtectStopped",
     "ProtectSettings",
     "ProtectSummary",
     "SettingsMismatch",
