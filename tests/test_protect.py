@@ -700,6 +700,7 @@ def test_a_full_disk_stops_at_the_first_failed_write_and_a_rerun_resumes(tmp_pat
     assert [(r.input.name, r.status) for r in s.results] == [("p0.png", "ok"), ("p1.png", "ok")]
     text = s.text()
     assert "4 input(s): 2 protected now" in text and "2 not done" in text, text
+    assert s.not_done == [src / "p2.png", src / "p3.png"]
     assert f"the disk holding {out} is full" in text and "rerun the same command" in text, text
     # Nothing half-written: no temporary file, no partial manifest line, no lock.
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "p0.png", "p1.png"]
@@ -719,8 +720,9 @@ def test_cli_a_full_disk_exits_3_with_the_summary(tmp_path, toy_loader, capsys, 
     _full_disk(monkeypatch, errno.ENOSPC, 1)  # full from the start: the manifest's first line fails
     assert cli_main(args) == 3
     err = capsys.readouterr().err
-    assert err.startswith(f"hasmap protect: error: the disk holding {out} is full (No space left on device)"), err
-    assert "2 input(s): 0 protected now" in err and "2 not done" in err and "Traceback" not in err, err
+    assert err.startswith("2 input(s): 0 protected now") and "2 not done" in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"stopped: the disk holding {out} is full (No space left"), err
+    assert f"  not done: {src / 'p.png'}" in err and f"  not done: {src / 'q.png'}" in err
     assert list(out.iterdir()) == []  # no manifest begun, no lock, no temporary file
     monkeypatch.setattr(os, "fsync", REAL_FSYNC)
     assert cli_main(args) == 0 and "2 protected now" in capsys.readouterr().out

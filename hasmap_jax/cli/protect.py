@@ -372,8 +372,7 @@ def _run(args: argparse.Namespace, received: list[int]) -> int:
         print(e.summary.text(), file=err)
         return EXIT_INTERRUPTED
     except ProtectStopped as e:
-        print(f"hasmap protect: error: {e.summary.stopped}", file=err)
-        print(e.summary.text(), file=err)
+        print(e.summary.text(), file=err)  # its last line says why it stopped and what to do
         return e.summary.exit_code
     if lead:
         print(summary.text())

@@ -166,6 +166,8 @@ class ProtectSummary:
       disk_full: the stop was a full disk (ENOSPC, EDQUOT).
       left_out: folders among the inputs left out as earlier runs' output folders.
       cleaned: temporary files of a killed run removed from the output folder.
+      not_done: the inputs not reached when the run was interrupted or stopped (a single process's
+        run; a job's processes share their photos, so each cannot tell).
     """
 
     outdir: Path
@@ -179,6 +181,7 @@ class ProtectSummary:
     disk_full: bool = False
     left_out: list[Path] = dataclasses.field(default_factory=list)
     cleaned: list[Path] = dataclasses.field(default_factory=list)
+    not_done: list[Path] = dataclasses.field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -242,6 +245,10 @@ class ProtectSummary:
                 parts.append(f"  {r.status}: {r.message}")
             elif r.protected is False:
                 parts.append(f"  NOT protected (still rated high): {r.input} -> {r.output}")
+        for f in self.not_done[:20]:
+            parts.append(f"  not done: {f}")
+        if len(self.not_done) > 20:
+            parts.append(f"  ... and {len(self.not_done) - 20} more not done")
         if t["interrupted"]:
             parts.append("interrupted: rerun the same command to finish (finished photos are skipped)")
         elif self.stopped:
@@ -459,7 +466,12 @@ def protect_paths(
     left_out: list[Path] = []
     jobs = plan(inputs, outdir, settings, listed=listed, left_out=left_out)
     summary = ProtectSummary(
-        outdir, [], processes=team.count, planned=len(range(team.index, len(jobs), team.count)), left_out=left_out
+        outdir,
+        [],
+        processes=team.count,
+        planned=len(range(team.index, len(jobs), team.count)),
+        left_out=left_out,
+        not_done=[j.src for j in jobs] if team.count == 1 else [],  # until the run says otherwise
     )
     try:
         lock, summary.cleaned = _take_lock(outdir, team, {j.out.parent for j in jobs})
@@ -550,6 +562,8 @@ def _protect(
 
     def close(interrupted: bool) -> None:
         summary.results = [results[i] for i in sorted(results)]
+        if team.count == 1:
+            summary.not_done = [j.src for i, j in enumerate(jobs) if i not in results]
         summary.interrupted, summary.seconds = interrupted, time.monotonic() - t0
         record = {"type": "run", "finished": not (interrupted or summary.stopped), "time": now(), **_counts(summary)}
         with contextlib.suppress(OSError):  # the run's record is for people; a full disk may refuse it
