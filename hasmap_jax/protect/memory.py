@@ -27,8 +27,9 @@ import os
 import re
 from pathlib import Path
 
-# The figures below are read off benchmarks/results/cpu_protect_memory.txt, chosen so that every
-# estimate is at or above the peak measured there (alone and two per batch), not on the fitted line.
+# The figures below are read off benchmarks/results/cpu_protect_memory.txt (and
+# cpu_protect_four_39mp.txt: two 39 MP photos per batch), chosen so that every estimate is at or
+# above the peak measured there, alone and two per batch, not on the fitted line.
 
 #: The process at its peak without a photo's share (runtime, model, compiled programs), in bytes,
 #: default settings (`--robust jpeg90`).
