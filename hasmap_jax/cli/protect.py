@@ -64,10 +64,11 @@ behaviour:
   truncated, unreadable (a symbolic link loop) or non-image files fail with a message; the other
   photos still complete. Folders inside an input folder that hold a hasmap-manifest*.jsonl are
   earlier runs' outputs and are left out (said in the summary).
-  Memory: photos of one size are batched as far as --memory allows (about {pixel_mib} MiB per
-  megapixel in a batch, plus {process_gib:.1f} GiB for the process); a photo too large for all the
-  memory there is fails alone. Ctrl-C and SIGTERM finish the write in progress, print the summary
-  and release the folder; temporary files a killed run left are removed by the next run.
+  Memory: photos of one size are batched as far as --memory allows (counted as {pixel_mib} MiB per
+  megapixel in a batch plus {process_gib:.1f} GiB for the process; --robust web: {web_mib} MiB plus
+  {web_gib:.1f} GiB); a photo too large for all the memory there is fails alone. Ctrl-C and SIGTERM
+  finish the write in progress, print the summary and release the folder; temporary files a killed
+  run left are removed by the next run.
 
 exit status: 0 every photo has its output, 1 some were skipped or failed, 2 usage error (nothing
 written; also an output folder that cannot be written), 3 the disk is full (stopped at the first
@@ -93,7 +94,7 @@ def _preset_lines() -> str:
 
 def register(subparsers) -> None:
     from hasmap_jax.protect import DEFAULT_PRESET, PRESETS
-    from hasmap_jax.protect.memory import DEFAULT_FRACTION, PIXEL_BYTES, PROCESS_BYTES
+    from hasmap_jax.protect import memory as mem
 
     p = subparsers.add_parser(
         "protect",
@@ -101,7 +102,11 @@ def register(subparsers) -> None:
         description="Protect photos: add a change people do not notice, placed where they are least "
         "sensitive, so that a quality model no longer rates the photos as high quality.",
         epilog=PROTECT_EPILOG.format(
-            presets=_preset_lines(), pixel_mib=round(PIXEL_BYTES * 1e6 / 2**20), process_gib=PROCESS_BYTES / 2**30
+            presets=_preset_lines(),
+            pixel_mib=round(mem.PIXEL_BYTES * 1e6 / 2**20),
+            process_gib=mem.PROCESS_BYTES / 2**30,
+            web_mib=round(mem.PIXEL_BYTES_WEB * 1e6 / 2**20),
+            web_gib=mem.PROCESS_BYTES_WEB / 2**30,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,7 +181,8 @@ def register(subparsers) -> None:
         type=_memory_size,
         metavar="SIZE",
         help="memory the run may use, e.g. 8G: batches hold as many photos as fit (default: "
-        f"{round(DEFAULT_FRACTION * 100)} %% of what the machine has available at the start)",
+        f"{round(mem.DEFAULT_FRACTION * 100)} %% of what the process can have at the start: what it holds plus "
+        "the memory available)",
     )
     p.add_argument("--suffix", default="", help="appended to output file stems, e.g. _protected (default: none)")
     p.add_argument("--keep-metadata", action="store_true", help="copy EXIF (orientation 1, no thumbnail)")
