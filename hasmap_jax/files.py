@@ -19,10 +19,11 @@ raises `ImageReadError` with a message that names the file and what to do):
   animated / multi-frame        the first frame only, with a warning note; the output is a still image
   smaller than `min_side` px    ImageReadError(kind="too-small", skip=True): skipped, not an error of
     (default 32) on a side      the file, but it gets no output
-  more than `max_pixels`        ImageReadError(kind="too-large") before any pixel is decoded
-    (default 40 MP)
-  Pillow decompression bomb     its DecompressionBombWarning is an error here (kind="too-large"):
-                                Pillow's limit is raised to `max_pixels` only while opening
+  more than `max_pixels`        ImageReadError(kind="too-large") before any pixel is decoded, from
+    (default 40 MP)             the header, whatever Pillow's own limit (the message quotes ours)
+  Pillow decompression bomb     while decoding, its DecompressionBombWarning is an error here
+                                (kind="too-large"); Pillow's limit is raised to `max_pixels` only
+                                while decoding
   not an image / empty          ImageReadError(kind="not-an-image")
   truncated or corrupt          ImageReadError(kind="corrupt"): never decoded with Pillow's
                                 LOAD_TRUNCATED_IMAGES, so no half-grey photo is protected
@@ -44,6 +45,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,8 +60,8 @@ IMAGE_EXTENSIONS = frozenset(
 #: Photos with a side shorter than this are skipped (the sensitivity model needs 32x32, and an
 #: upscaled thumbnail tells the quality model nothing).
 MIN_SIDE = 32
-#: Default refusal limit in pixels (40 MP: a 7300x5500 photo); the attack keeps several float32
-#: copies of each photo, so about 1 GB of memory per 40 MP photo in a batch.
+#: Default refusal limit in pixels (40 MP: a 7300x5500 photo). The memory a photo needs grows with
+#: its pixels (`hasmap_jax.protect.memory`, measured by benchmarks/protect_memory.py).
 DEFAULT_MAX_PIXELS = 40_000_000
 #: zlib level of PNG outputs (pixels are the same at every level; only size and time differ).
 PNG_COMPRESS_LEVEL = 1
@@ -121,11 +123,14 @@ class LoadedImage:
 
 
 @contextlib.contextmanager
-def _pillow_limits(max_pixels: int):
-    """Turns Pillow's decompression-bomb warning into an error, at a limit no lower than ours."""
+def _pillow_limits(max_pixels: int | None):
+    """Turns Pillow's decompression-bomb warning into an error, at a limit no lower than ours;
+    `max_pixels=None` turns Pillow's check off inside (for `_open`, which checks the size itself)."""
     with _pillow_limit_lock:
         old = Image.MAX_IMAGE_PIXELS
-        if old is not None and max_pixels > old:
+        if max_pixels is None:
+            Image.MAX_IMAGE_PIXELS = None
+        elif old is not None and max_pixels > old:
             Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             with warnings.catch_warnings():
@@ -135,16 +140,15 @@ def _pillow_limits(max_pixels: int):
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def _open(path: Path, max_pixels: int, min_side: int) -> Image.Image:
+    """Opens an image file (header only) and applies the size limits to the size it declares."""
     name = str(path)
     try:
-        with _pillow_limits(max_pixels):
-            return Image.open(path)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageReadError(
-            f"{name}: refused by the decompression-bomb guard ({e}); if the photo is genuine, raise --max-pixels",
-            kind="too-large",
-        ) from None
+        # Pillow's own guard is off while the header is read: its refusal would quote Pillow's limit
+        # (89.5 MP), not --max-pixels; the header's size is checked against ours just below, before
+        # any pixel is decoded, and Pillow's guard is back on for decoding (`_decoding`).
+        with _pillow_limits(None):
+            im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: not an image file Pillow can read", kind="not-an-image") from None
     except IsADirectoryError:
@@ -153,8 +157,18 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageReadError(f"{name}: no such file", kind="not-an-image") from None
     except PermissionError as e:
         raise ImageReadError(f"{name}: cannot open ({e.strerror})", kind="not-an-image") from None
+    except OSError as e:
+        if e.errno is None:  # Pillow's own OSError about the data, not the system's about the file
+            raise ImageReadError(f"{name}: corrupt image header (OSError: {e})", kind="corrupt") from None
+        raise ImageReadError(f"{name}: cannot read ({e.strerror})", kind="not-an-image") from None
     except Exception as e:  # Pillow raises many kinds on broken headers (SyntaxError, struct.error, ...)
         raise ImageReadError(f"{name}: corrupt image header ({type(e).__name__}: {e})", kind="corrupt") from None
+    try:
+        _check_size(name, im.size[1], im.size[0], max_pixels, min_side)  # orientation only swaps the sides
+    except ImageReadError:
+        im.close()
+        raise
+    return im
 
 
 def _orientation(im: Image.Image) -> int:
@@ -184,7 +198,7 @@ def _check_size(name: str, h: int, w: int, max_pixels: int, min_side: int) -> No
     if h * w > max_pixels:
         raise ImageReadError(
             f"{name}: {w}x{h} = {h * w / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
-            "(--max-pixels); downscale it or raise the limit",
+            f"(--max-pixels {max_pixels}); downscale it, or raise the limit: --max-pixels {h * w}",
             kind="too-large",
         )
     if min(h, w) < min_side:
@@ -202,8 +216,7 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
       ImageReadError: not an image, too large or too small (see the module docstring).
     """
     path = Path(path)
-    with _open(path, max_pixels) as im:
-        _check_size(str(path), im.size[1], im.size[0], max_pixels, min_side)  # orientation only swaps
+    with _open(path, max_pixels, min_side) as im:
         return _upright_size(im)
 
 
@@ -303,8 +316,7 @@ def read_image(
     path = Path(path)
     name = str(path)
     notes: list[str] = []
-    with _open(path, max_pixels) as im:
-        _check_size(name, im.size[1], im.size[0], max_pixels, min_side)
+    with _open(path, max_pixels, min_side) as im:
         fmt, file_mode = im.format, im.mode
         # Pillow decodes 48/64-bit RGB(A) PNG to 8 bits itself; only the tile's raw mode tells.
         if im.mode in ("RGB", "RGBA") and any(";16" in str(t[3]) for t in im.tile):
@@ -346,8 +358,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     path = Path(path)
     name = str(path)
-    with _open(path, max_pixels) as im:
-        _check_size(name, im.size[1], im.size[0], max_pixels, min_side)
+    with _open(path, max_pixels, min_side) as im:
         with _decoding(name, max_pixels):
             im.load()
             upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
@@ -523,19 +534,62 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, **kwargs) -> Path:
     return path
 
 
-def find_images(root: str | os.PathLike, *, exclude: tuple[Path, ...] = ()) -> list[Path]:
+def real_path(path: str | os.PathLike) -> Path:
+    """`path` absolute, with symbolic links resolved as far as they go; never raises on a link loop.
+
+    (`Path.resolve` raises RuntimeError on a loop in Python 3.11-3.12; one bad link in a folder must
+    not stop the walk over the rest: reading the looping entry fails later, for that entry alone.)
+    """
+    return Path(os.path.realpath(path))
+
+
+def find_images(
+    root: str | os.PathLike,
+    *,
+    exclude: tuple[Path, ...] = (),
+    skip: Callable[[Path], bool] | None = None,
+) -> list[Path]:
     """Image files under a folder, recursively, sorted; hidden files and folders are left out.
 
     Hidden names (".*") cover `write_image`'s temporary files and macOS "._*" resource forks. Folders
-    in `exclude` (e.g. the output folder) are not entered. Symbolic links to folders are not followed.
+    in `exclude` (e.g. the output folder), and folders below `root` for which `skip(folder)` is
+    true, are not entered. Symbolic links to folders are not followed; a link loop is listed like
+    a file (reading it fails, alone).
     """
     root = Path(root)
-    excluded = {p.resolve() for p in exclude}
+    excluded = {real_path(p) for p in exclude}
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and (d / n).resolve() not in excluded)
+        dirnames[:] = sorted(
+            n
+            for n in dirnames
+            if not n.startswith(".") and real_path(d / n) not in excluded and not (skip is not None and skip(d / n))
+        )
         for n in sorted(filenames):
             if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(d / n)
     return found
+
+
+def remove_temporaries(folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """Removes the temporary files `atomic_output` left in `folders` (not below them) when its
+    process was killed (SIGKILL, power loss: no handler ran); returns them, sorted. Only for folders
+    this process holds (e.g. under `hasmap_jax.protect.lock.FolderLock`): a live writer's file would
+    go too. A folder that is not there is passed over, and so is a file that cannot be removed.
+    """
+    removed: list[Path] = []
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for n in names:
+            p = Path(folder) / n
+            if n.startswith(".") and n.endswith(_TMP_MARK) and p.is_file() and not p.is_symlink():
+                try:
+                    p.unlink()
+                except OSError:
+                    continue
+                removed.append(p)
+    return sorted(removed)

@@ -165,6 +165,23 @@ def test_results_files_and_report(tmp_path, model):
     assert "file://" not in page and "<script" not in page
 
 
+def test_results_csv_has_a_row_for_every_original_also_without_an_output(tmp_path, model):
+    """As results.json ("unmatched_originals", "ambiguous") and the report list them."""
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    touch(o, "a.png", "sub/gone.png", "twice.png")
+    touch(p, "a.png", "twice.png", "twice.jpg")
+    ev = E.evaluate(o, [p], model=model, lpips=False)
+    with open(E.write_results(ev, tmp_path / "ev")["csv"]) as f:
+        rows = {r["key"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["a", "sub/gone", "twice"]
+    assert rows["a"]["error"] == "" and rows["a"]["score_protected_jpeg"] != ""
+    gone = rows["sub/gone"]
+    assert gone["original"] == str(o / "sub" / "gone.png") and gone["protected"] == ""
+    assert gone["error"] == "no protected file (counted as rated high)" and gone["score_protected_jpeg"] == ""
+    assert "2 protected files match" in rows["twice"]["error"] and "twice.jpg" in rows["twice"]["protected"]
+    assert ev.runs[0].summary["outputs_missing_or_unusable"] == 2  # the rows agree with the summary
+
+
 def test_svg_plot():
     svg = report.svg_plot(
         [(30.0, 80.0, "α=40"), (25.0, 20.0, "α=10"), (float("inf"), 50.0, "x")], x_label="PSNR", y_label="acc"

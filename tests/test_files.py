@@ -140,10 +140,16 @@ def test_too_many_pixels_refused_before_decoding(tmp_path):
         with pytest.raises(ImageReadError) as e:
             read(tmp_path / "48mp.png")
         assert e.value.kind == "too-large" and "48.0 MP" in str(e.value) and "--max-pixels" in str(e.value)
-    (tmp_path / "900mp.png").write_bytes(png_header_only(30000, 30000))
-    with pytest.raises(ImageReadError) as e:
-        files.probe_image(tmp_path / "900mp.png")
-    assert e.value.kind == "too-large" and "decompression-bomb" in str(e.value)
+    # Above Pillow's own guard (89.5 MP warns, 179 MP refuses) the refusal is still ours: it quotes
+    # --max-pixels and the value that would let the photo through, never Pillow's limit.
+    for w, h in ((10000, 10000), (30000, 30000)):
+        (tmp_path / "big.png").write_bytes(png_header_only(w, h))
+        for read in (files.probe_image, read_image):
+            with pytest.raises(ImageReadError) as e:
+                read(tmp_path / "big.png")
+            text = str(e.value)
+            assert e.value.kind == "too-large" and f"{w * h / 1e6:.1f} MP" in text, text
+            assert f"--max-pixels {w * h}" in text and "40.0 MP" in text and "89478485" not in text, text
     Image.fromarray(photo()).save(tmp_path / "a.png")
     with pytest.raises(ImageReadError) as e:
         read_image(tmp_path / "a.png", max_pixels=1000)
@@ -216,6 +222,39 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+def test_a_symbolic_link_loop_is_listed_and_fails_alone_when_read(tmp_path):
+    (tmp_path / "loop1.png").symlink_to(tmp_path / "loop2.png")
+    (tmp_path / "loop2.png").symlink_to(tmp_path / "loop1.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # a folder link back up is not followed
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    found = files.find_images(tmp_path, exclude=(tmp_path / "elsewhere",))
+    assert [p.name for p in found] == ["a.png", "loop1.png", "loop2.png"]
+    assert files.real_path(tmp_path / "loop1.png").name in ("loop1.png", "loop2.png")  # no RuntimeError
+    with pytest.raises(ImageReadError, match="cannot read") as e:
+        read_image(tmp_path / "loop1.png")
+    assert "loop1.png" in str(e.value) and e.value.kind == "not-an-image"
+
+
+def test_remove_temporaries_removes_only_what_atomic_output_leaves(tmp_path):
+    leftovers = [tmp_path / ".p.png.k2j3.hasmap-tmp", tmp_path / "sub" / ".q.jpg.x1.hasmap-tmp"]
+    kept = [tmp_path / "p.png", tmp_path / ".keep", tmp_path / "p.hasmap-tmp.png", tmp_path / "other" / ".a.hasmap-tmp"]
+    for f in leftovers + kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    (tmp_path / ".dir.hasmap-tmp").mkdir()  # a staging folder (`atomic_directory`) is not a file
+    assert files.remove_temporaries([tmp_path, tmp_path / "sub", tmp_path / "gone"]) == sorted(leftovers)
+    assert not any(f.exists() for f in leftovers) and all(f.exists() for f in kept)
+    assert (tmp_path / ".dir.hasmap-tmp").is_dir()
+    # What `atomic_output` stages (here: as if its process died while writing) is what this removes.
+    with pytest.raises(KeyboardInterrupt), files.atomic_output(tmp_path / "r.png") as f:
+        f.write(b"partial")
+        (staged,) = files.remove_temporaries([tmp_path])
+        raise KeyboardInterrupt
+    assert staged.name.startswith(".r.png.") and files.is_temporary(staged)
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_find_images_skips_hidden_others_and_excluded(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "out").mkdir()
@@ -223,6 +262,10 @@ def test_find_images_skips_hidden_others_and_excluded(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = files.find_images(tmp_path, exclude=(tmp_path / "out",))
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "sub/b.png"]
+    asked = []
+    found = files.find_images(tmp_path, skip=lambda d: asked.append(d.name) or d.name == "sub")
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "out/c.png"]
+    assert sorted(asked) == ["out", "sub"]  # folders below the root only
 
 
 # ------------------------------------------------------------------------------ writers and readers

@@ -116,7 +116,7 @@ def test_batches_are_dealt_whole_and_balanced():
 
 
 def test_manifest_parts_read_as_one_and_generations_order_sections(tmp_path):
-    s1, s2 = settings().to_json(), settings(alpha=3.0).to_json()
+    s1, s2 = settings().to_json(), settings(steps=3).to_json()
     a = Manifest(tmp_path / MANIFEST_NAME, write_to=tmp_path / part_name(0, 2))
     b = Manifest(tmp_path / MANIFEST_NAME, write_to=tmp_path / part_name(1, 2))
     a.start(s1, force=False)
@@ -138,7 +138,7 @@ def test_manifest_parts_read_as_one_and_generations_order_sections(tmp_path):
 
 def test_legacy_manifest_sections_count_up(tmp_path):
     p = tmp_path / MANIFEST_NAME
-    s1, s2 = settings().to_json(), settings(alpha=3.0).to_json()
+    s1, s2 = settings().to_json(), settings(steps=3).to_json()
     lines = [
         {"type": "settings", "version": 1, "settings": s1},
         {"type": "file", "status": "ok", "output": "a.png"},
@@ -234,7 +234,7 @@ def test_rerun_with_another_process_count_redoes_nothing(tmp_path):
     assert single.count("done") == 7
     with pytest.raises(Exception, match="other settings"):
         run_as_threads(
-            2, lambda team: protect_paths([src], out, settings=settings(alpha=1.0), model=model, team=team)
+            2, lambda team: protect_paths([src], out, settings=settings(steps=1), model=model, team=team)
         )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -19,14 +22,22 @@ from PIL import Image
 from hasmap_jax import attack, files
 from hasmap_jax.cli import build_parser
 from hasmap_jax.cli import main as cli_main
+from hasmap_jax.cli.common import EXIT_DISK_FULL
 from hasmap_jax.protect import (
     MANIFEST_NAME,
+    FolderLock,
+    FolderLocked,
+    Manifest,
+    OutputNotWritable,
     ProtectInterrupted,
     ProtectSettings,
+    ProtectStopped,
     SettingsMismatch,
     UsageError,
     protect_paths,
 )
+from hasmap_jax.protect import memory as mem
+from hasmap_jax.protect.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -250,6 +261,8 @@ def test_resume_after_interrupt(tmp_path, model):
         protect_paths([src], out, settings=settings(), model=model, batch_size=2, on_result=stop_after_three)
     assert e.value.summary.interrupted and e.value.summary.exit_code == 130
     assert e.value.summary.count("ok") == 3
+    # The count is the folder's, not only the photos reached before the interruption.
+    assert "5 input(s): 3 protected now" in e.value.summary.text() and "2 not done" in e.value.summary.text()
     assert sorted(p.name for p in out.glob("*.png")) == ["p0.png", "p1.png", "p2.png"]
     assert not temporaries(tmp_path)
     lines = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
@@ -439,6 +452,7 @@ def test_metadata_stripped_by_default_kept_on_request(tmp_path, model):
     exif = Image.Exif()
     exif[0x0112] = 6
     exif[0x010F] = "TestCam"
+    exif[0x8825] = {1: "N", 2: (52.0, 30.0, 0.0)}  # a GPS position
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     Image.fromarray(a).save(src / "p.jpg", quality=95, exif=exif.tobytes(), icc_profile=icc)
 
@@ -451,6 +465,7 @@ def test_metadata_stripped_by_default_kept_on_request(tmp_path, model):
     with Image.open(tmp_path / "keep" / "p.png") as out:
         e = out.getexif()
         assert e[0x0112] == 1 and e[0x010F] == "TestCam" and "icc_profile" not in out.info
+        assert e.get_ifd(0x8825) == {1: "N", 2: (52.0, 30.0, 0.0)}  # the README says GPS goes with EXIF
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -681,3 +696,290 @@ def test_each_method_and_profile_has_its_own_presets(capsys):
             alpha = "" if p.alpha is None else f"alpha {p.alpha:g}, "
             floor = f", map floor {p.sensitivity_floor:g}" if p.sensitivity_floor else ""
             assert f"{alpha}kappa {p.confidence:g}, {p.steps} steps{floor} " in out
+
+
+# ------------------------------------------------------------------------------- faults of a folder
+
+
+def test_a_symbolic_link_loop_fails_alone(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "a.png")
+    save_photo(src / "sub" / "b.png", seed=1)
+    (src / "loop1.png").symlink_to(src / "loop2.png")
+    (src / "loop2.png").symlink_to(src / "loop1.png")
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model)
+    by = {r.input.name: r for r in s.results}
+    assert by["a.png"].status == by["b.png"].status == "ok"
+    for name in ("loop1.png", "loop2.png"):
+        assert by[name].status == "failed" and "symbolic link loop" in by[name].message, by[name].message
+        assert name in by[name].message and "remove the link" in by[name].message
+    assert s.exit_code == 1 and "4 input(s): 2 protected now" in s.text()
+
+
+REAL_FSYNC = os.fsync
+
+
+def _full_disk(monkeypatch, code: int, failing: int) -> list:
+    """A disk that fills up: `os.fsync` (every write of the manifest and of an output ends with
+    one) fails with `code` from its `failing`-th call on, after the bytes went out (as a delayed
+    allocation does), so what was written must be taken back. Returns the calls."""
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) >= failing:
+            raise OSError(code, os.strerror(code))
+        return REAL_FSYNC(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+@pytest.mark.parametrize("code, failing", [(errno.ENOSPC, 6), (errno.EDQUOT, 7)])
+def test_a_full_disk_stops_at_the_first_failed_write_and_a_rerun_resumes(tmp_path, model, monkeypatch, code, failing):
+    """fsync calls: 1 the manifest's settings, then per photo its record and its file; so the 6th
+    is the third photo's record and the 7th the third photo's file."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(4):
+        save_photo(src / f"p{i}.png", seed=i)
+    _full_disk(monkeypatch, code, failing)
+    with pytest.raises(ProtectStopped) as e:
+        protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    s = e.value.summary
+    assert s.disk_full and s.exit_code == EXIT_DISK_FULL == 3
+    assert [(r.input.name, r.status) for r in s.results] == [("p0.png", "ok"), ("p1.png", "ok")]
+    text = s.text()
+    assert "4 input(s): 2 protected now" in text and "2 not done" in text, text
+    assert s.not_done == [src / "p2.png", src / "p3.png"]
+    assert f"the disk holding {out} is full" in text and "rerun the same command" in text, text
+    # Nothing half-written: no temporary file, no partial manifest line, no lock.
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "p0.png", "p1.png"]
+    assert not temporaries(tmp_path) and Manifest(out / MANIFEST_NAME).broken_lines == 0
+    first = tree_digest(out)
+    monkeypatch.setattr(os, "fsync", REAL_FSYNC)  # space freed
+    again = protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    assert [r.status for r in again.results] == ["done", "done", "ok", "ok"] and again.exit_code == 0
+    assert all(tree_digest(out)[k] == first[k] for k in ("p0.png", "p1.png"))
+
+
+def test_cli_a_full_disk_exits_3_with_the_summary(tmp_path, toy_loader, capsys, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    save_photo(src / "q.png", seed=1)
+    args = ["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]
+    _full_disk(monkeypatch, errno.ENOSPC, 1)  # full from the start: the manifest's first line fails
+    assert cli_main(args) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("2 input(s): 0 protected now") and "2 not done" in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"stopped: the disk holding {out} is full (No space left"), err
+    assert f"  not done: {src / 'p.png'}" in err and f"  not done: {src / 'q.png'}" in err
+    assert list(out.iterdir()) == []  # no manifest begun, no lock, no temporary file
+    monkeypatch.setattr(os, "fsync", REAL_FSYNC)
+    assert cli_main(args) == 0 and "2 protected now" in capsys.readouterr().out
+    help_text = build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
+    assert "3 the disk is full" in help_text and "143 terminated (SIGTERM)" in help_text
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error(tmp_path, model, toy_loader, capsys, monkeypatch):
+    """A read-only file system refuses the lock, the first file written (injected: root writes
+    into a chmod 555 folder anyway, and CI has no read-only mount)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):
+        if Path(path).parent == out and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(OutputNotWritable, match="Read-only file system"):
+        protect_paths([src], out, settings=settings(), model=model)
+    args = ["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"hasmap protect: error: cannot write to the output folder {out}: Read-only file system")
+    assert LOCK_NAME in err and "choose another output folder with -o" in err
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(os, "open", real_open)
+    assert cli_main(args) == 0 and "1 protected now" in capsys.readouterr().out
+
+
+def test_an_output_folder_without_write_permission_is_a_usage_error(tmp_path, toy_loader, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        try:
+            (out / "probe").write_bytes(b"")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into a chmod 555 folder anyway (root with CAP_DAC_OVERRIDE)")
+        assert cli_main(["protect", str(src), "-o", str(out), "--steps", str(STEPS), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hasmap protect: error: cannot write to the output folder {out}: Permission denied")
+        assert err.count("\n") == 1 and list(out.iterdir()) == []
+    finally:
+        out.chmod(0o755)
+
+
+def test_earlier_output_folders_inside_the_input_are_left_out(tmp_path, model, spy):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    save_photo(src / "sub" / "q.png", seed=1)
+    protect_paths([src], src / "protected", settings=settings(), model=model)
+    assert sorted(p.name for p in (src / "protected").rglob("*.png")) == ["p.png", "q.png"]
+    spy.clear()
+    # Another run, to another folder: the earlier run's outputs are not new photos.
+    s = protect_paths([src], tmp_path / "out2", settings=settings(), model=model)
+    assert sorted(r.input.relative_to(src).as_posix() for r in s.results) == ["p.png", "sub/q.png"]
+    assert s.left_out == [src / "protected"]
+    assert "left out 1 folder(s) holding an earlier run's outputs (a hasmap-manifest*.jsonl)" in s.text()
+    assert str(src / "protected") in s.text()
+    # Into the input folder with a suffix: the earlier run's folder gets nothing written into it.
+    before = tree_digest(src / "protected")
+    s = protect_paths([src], src, settings=settings(suffix="_p"), model=model)
+    assert sorted(r.output.relative_to(src).as_posix() for r in s.results) == ["p_p.png", "sub/q_p.png"]
+    assert tree_digest(src / "protected") == before
+    # A rerun of that: its own outputs are left out (the folder's manifest names them), not the folder.
+    s = protect_paths([src], src, settings=settings(suffix="_p"), model=model)
+    assert [r.status for r in s.results] == ["done", "done"] and s.left_out == [src / "protected"]
+    # Named directly, an earlier output folder gives only what its manifest does not record.
+    with pytest.raises(UsageError, match=r"2 photo\(s\) there are outputs its hasmap-manifest\*.jsonl records"):
+        protect_paths([src / "protected"], tmp_path / "again", settings=settings(), model=model)
+    save_photo(src / "protected" / "added.png", seed=5)
+    s = protect_paths([src / "protected"], tmp_path / "again", settings=settings(), model=model)
+    assert [r.input.name for r in s.results] == ["added.png"]
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tmp_path, model):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_photo(src / "p.png")
+    save_photo(src / "sub" / "q.png", seed=1)
+    leftovers = [out / ".p.png.k2j3x.hasmap-tmp", out / "sub" / ".q.png.abcd.hasmap-tmp"]
+    for f in leftovers:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"\x89PNG half of a photo")
+    # While another run holds the folder, its temporary files are its own: left alone.
+    with FolderLock(out), pytest.raises(FolderLocked):
+        protect_paths([src], out, settings=settings(), model=model)
+    assert all(f.exists() for f in leftovers)
+    s = protect_paths([src], out, settings=settings(), model=model)
+    assert s.count("ok") == 2 and s.cleaned == sorted(leftovers)
+    assert not temporaries(tmp_path) and f"removed 2 temporary file(s) left in {out}" in s.text()
+
+
+def test_photos_already_rated_low_are_counted_apart(tmp_path, model):
+    src = tmp_path / "in"
+    save_photo(src / "p.png")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / "dark.png")  # the toy model rates it about 30
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model)
+    by = {r.input.name: r for r in s.results}
+    assert by["dark.png"].status == "ok" and by["dark.png"].record["kept"] == "already_low"
+    assert by["dark.png"].already_low and not by["p.png"].already_low
+    assert s.totals()["ok"] == 2 and s.totals()["already_low"] == 1
+    assert "2 input(s): 1 protected now, 1 already rated low (written unchanged), 0 already done" in s.text()
+
+
+def test_batches_are_filled_within_the_memory_budget(tmp_path, model, spy, monkeypatch):
+    src = tmp_path / "in"
+    for i in range(3):
+        save_photo(src / f"s{i}.png", seed=i)
+    save_photo(src / "big.png", 64, 80, seed=9)
+    room = mem.batch_bytes((H, W), 2)  # two small photos; the big one needs more than all there is
+    monkeypatch.setattr(mem, "limits", lambda memory=None: (room, room))
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=4)
+    by = {r.input.name: r for r in s.results}
+    assert [by[f"s{i}.png"].status for i in range(3)] == ["ok"] * 3
+    big = by["big.png"]
+    assert big.status == "failed" and "80x64" in big.message and "of memory to protect" in big.message
+    assert "--memory" in big.message and big.record == {}
+    assert sorted(shape for shape, _ in spy) == [(2, H, W, 3), (2, H, W, 3)]  # 2 + 1 (padded), never 3
+    assert s.exit_code == 1
+
+
+def test_memory_budget_default_and_given(monkeypatch):
+    gib = 2**30
+    monkeypatch.setattr(mem, "available_bytes", lambda: 22 * gib)
+    monkeypatch.setattr(mem, "resident_bytes", lambda: 1 * gib)
+    budget, ceiling = mem.limits()
+    assert budget == int(mem.DEFAULT_FRACTION * 23 * gib) and ceiling == 23 * gib
+    assert mem.limits(8 * gib) == (8 * gib, 23 * gib)
+    assert mem.limits(64 * gib) == (64 * gib, 64 * gib)  # asked for: taken at its word
+    # A 24 GB machine: four 39 MP camera photos go two at a time, inside what the machine has.
+    size = (5412, 7216)
+    assert mem.photos_per_batch(size, budget) == 2 and mem.batch_bytes(size, 2) <= budget
+    assert mem.parse_size("8G") == mem.parse_size("8GiB") == 8 * gib and mem.parse_size("512m") == 512 * 2**20
+    for bad in ("8Q", "", "-1G", "0"):
+        with pytest.raises(ValueError):
+            mem.parse_size(bad)
+    assert build_parser().parse_args(["protect", "in", "-o", "out", "--memory", "1.5G"]).memory == int(1.5 * gib)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["protect", "in", "-o", "out", "--memory", "lots"])
+
+
+SIGNALLED = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import hasmap_jax.weights.loading
+from hasmap_jax import attack
+from test_protect import sized_toy
+
+hasmap_jax.weights.loading.load_quality_model = lambda name="default": sized_toy()
+real = attack.attack_batch
+
+
+def slow(*a, **k):  # each photo takes a while, so the signal comes in the middle of the run
+    time.sleep(0.5)
+    return real(*a, **k)
+
+
+attack.attack_batch = slow
+from hasmap_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_end_the_run_with_its_summary(tmp_path, toy_loader, capsys, sig, code):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(6):
+        save_photo(src / f"p{i}.png", seed=i)
+    args = ["protect", str(src), "-o", str(out), "--steps", "5", "--batch-size", "1", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HASMAP_CACHE_DIR": str(tmp_path / "c")}
+    job = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED.format(tests=str(ROOT / "tests")), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.png")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(sig)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == code, err
+    assert "Traceback" not in err and "6 input(s):" in err and "not done" in err, err
+    assert "rerun the same command to finish" in err
+    assert not (out / LOCK_NAME).exists() and not temporaries(tmp_path)
+    finished = sorted(p.name for p in out.glob("*.png"))
+    assert 0 < len(finished) < 6
+    records = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
+    assert records[-1]["type"] == "run" and records[-1]["finished"] is False
+    # The rerun finishes the folder without redoing a finished photo.
+    assert cli_main(args) == 0
+    assert f"{len(finished)} already done" in capsys.readouterr().out
+
+
+def test_the_readme_output_folders_are_git_ignored():
+    """The README's first command writes `protected/`, and `hasmap evaluate` writes
+    `hasmap-evaluation/` by default: a user running them in a checkout commits neither by accident."""
+    ignored = (ROOT / ".gitignore").read_text().split()
+    evaluation = build_parser().parse_args(["evaluate", "a", "b"]).output
+    assert "hasmap protect examples -o protected" in (ROOT / "README.md").read_text()
+    assert "/protected/" in ignored and f"/{evaluation}/" in ignored

@@ -7,6 +7,9 @@ import argparse
 #: Exit statuses: everything done; some photos failed or were skipped; a usage error (nothing
 #: written); interrupted (Ctrl-C).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: `hasmap protect` stopped by a full disk (`hasmap_jax.protect.runner.EXIT_DISK_FULL`), and stopped
+#: by SIGTERM (128 + 15, as a shell reports a command the signal ended).
+EXIT_DISK_FULL, EXIT_TERMINATED = 3, 143
 
 
 def jpeg_quality(text: str) -> int:

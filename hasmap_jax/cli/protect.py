@@ -1,20 +1,39 @@
 """`hasmap protect INPUT... -o OUTDIR`: arguments and printing over `hasmap_jax.protect.protect_paths`.
 
 Exit codes: 0 everything done, 1 some photos failed or were skipped, 2 a usage error (nothing was
-written), 130 interrupted (Ctrl-C; a rerun of the same command resumes).
+written), 3 stopped by a full disk, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); after 3, 130
+and 143 a rerun of the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from hasmap_jax.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, jpeg_quality, positive_int
+from hasmap_jax.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    jpeg_quality,
+    positive_int,
+)
 from hasmap_jax.cli.progress import photo_progress
 from hasmap_jax.files import DEFAULT_MAX_PIXELS, MIN_SIDE
 from hasmap_jax.runtime import compile_cache
+
+
+def _memory_size(text: str) -> int:
+    from hasmap_jax.protect.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _robust(text: str) -> int | str | None:
@@ -51,10 +70,19 @@ behaviour:
   Greyscale, palette, CMYK and 16-bit photos are converted to 8-bit RGB (noted); transparency is
   kept in PNG output and composited on white in JPEG output; animations use their first frame
   (warned); photos with a side under --min-side px are skipped; photos over --max-pixels, corrupt,
-  truncated or non-image files fail with a message; the other photos still complete.
+  truncated, unreadable (a symbolic link loop) or non-image files fail with a message; the other
+  photos still complete. Folders inside an input folder that hold a hasmap-manifest*.jsonl are
+  earlier runs' outputs and are left out (said in the summary).
+  Memory: photos of one size are batched as far as --memory allows (counted as {pixel_mib} MiB per
+  megapixel in a batch plus {process_gib:.1f} GiB for the process; --robust web: {web_mib} MiB plus
+  {web_gib:.1f} GiB); a photo too large for all the memory there is fails alone. Ctrl-C and SIGTERM
+  finish the write in progress, print the summary and release the folder; temporary files a killed
+  run left are removed by the next run.
 
 exit status: 0 every photo has its output, 1 some were skipped or failed, 2 usage error (nothing
-written), 130 interrupted (rerun to resume).
+written; also an output folder that cannot be written), 3 the disk is full (stopped at the first
+failed write; free space and rerun), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). After 3,
+130 and 143 the same command resumes: finished photos are kept and skipped.
 """
 
 
@@ -76,13 +104,20 @@ def _preset_lines() -> str:
 
 def register(subparsers) -> None:
     from hasmap_jax.protect import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_TABLES
+    from hasmap_jax.protect import memory as mem
 
     p = subparsers.add_parser(
         "protect",
         help="protect photo files and folders against image-quality models",
         description="Protect photos: add a change people do not notice, placed where they are least "
         "sensitive, so that a quality model no longer rates the photos as high quality.",
-        epilog=PROTECT_EPILOG.format(presets=_preset_lines()),
+        epilog=PROTECT_EPILOG.format(
+            presets=_preset_lines(),
+            pixel_mib=round(mem.PIXEL_BYTES * 1e6 / 2**20),
+            process_gib=mem.PROCESS_BYTES / 2**30,
+            web_mib=round(mem.PIXEL_BYTES_WEB * 1e6 / 2**20),
+            web_gib=mem.PROCESS_BYTES_WEB / 2**30,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -163,7 +198,17 @@ def register(subparsers) -> None:
         help="margin kappa: a photo counts as protected at score <= threshold - kappa/2 (default: the preset's)",
     )
     p.add_argument("--threshold", type=float, default=50.0, help="'high' quality <=> score > T (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="photos of one size per batch (default: 4)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=4, help="at most N photos of one size per batch (default: 4)"
+    )
+    p.add_argument(
+        "--memory",
+        type=_memory_size,
+        metavar="SIZE",
+        help="memory the run may use, e.g. 8G: batches hold as many photos as fit (default: "
+        f"{round(mem.DEFAULT_FRACTION * 100)} %% of what the process can have at the start: what it holds plus "
+        "the memory available)",
+    )
     p.add_argument("--suffix", default="", help="appended to output file stems, e.g. _protected (default: none)")
     p.add_argument("--keep-metadata", action="store_true", help="copy EXIF (orientation 1, no thumbnail)")
     p.add_argument("--strip-icc", action="store_true", help="drop the ICC colour profile too")
@@ -262,10 +307,52 @@ def _join(args: argparse.Namespace):
     return distributed.Team.from_jax()
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what `timeout`, systemd, SLURM and container stops send) raises KeyboardInterrupt in
+    the main thread, as Ctrl-C does, so the run ends the same way: the write in progress finishes,
+    the summary is printed, the folder lock is released. Yields a list that holds the signal
+    number once one came. Later SIGTERMs are ignored while the run winds down. Off the main thread
+    (where no handler can be set) nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        signal.signal(signum, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run(args: argparse.Namespace) -> int:
     """Protects the photos, printing failures and notes as they come and a summary at the end
     (in a job of several processes: process 0 prints the job's summary)."""
-    from hasmap_jax.protect import FolderLocked, ProtectInterrupted, UsageError, model_identity, plan, protect_paths
+    with _sigterm_as_interrupt() as received:
+        try:
+            code = _run(args, received)
+        except KeyboardInterrupt:  # between the steps that report it themselves
+            print("hasmap protect: interrupted", file=sys.stderr)
+            code = EXIT_INTERRUPTED
+    return EXIT_TERMINATED if received and code == EXIT_INTERRUPTED else code
+
+
+def _run(args: argparse.Namespace, received: list[int]) -> int:
+    from hasmap_jax.protect import (
+        FolderLocked,
+        ProtectInterrupted,
+        ProtectStopped,
+        UsageError,
+        model_identity,
+        plan,
+        protect_paths,
+    )
     from hasmap_jax.weights.conversion.common import WeightError
 
     err = sys.stderr
@@ -274,8 +361,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.inputs and not listed:
             raise UsageError("no inputs: name files or folders, or --files-from LIST")
         team = _join(args)  # first: settings resolve "auto" precision through the JAX backend
+        lead = team is None or team.index == 0
         # Check the request before loading anything heavy.
-        plan(args.inputs, args.output, settings_from_args(args, args.model), listed=listed)
+        left_out: list[Path] = []
+        plan(args.inputs, args.output, settings_from_args(args, args.model), listed=listed, left_out=left_out)
+        if lead and not args.quiet:
+            for folder in left_out:
+                print(f"note: left out {folder}: it holds an earlier run's outputs (hasmap-manifest*.jsonl)", file=err)
         compile_cache.from_args(args)
         from hasmap_jax.sensitivity import resolve_sensitivity
         from hasmap_jax.weights.loading import load_quality_model  # looked up now: tests replace it
@@ -289,10 +381,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"hasmap protect: error: {e}", file=err)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("hasmap protect: interrupted before any photo was written", file=err)
+        how = "terminated (SIGTERM)" if received else "interrupted"
+        print(f"hasmap protect: {how} before any photo was written", file=err)
         return EXIT_INTERRUPTED
 
-    lead = team is None or team.index == 0
     try:
         with photo_progress("protect", quiet=args.quiet) as bar:
 
@@ -315,13 +407,19 @@ def run(args: argparse.Namespace) -> int:
                 on_result=on_result,
                 team=team,
                 listed=listed,
+                memory=args.memory,
             )
     except (UsageError, FolderLocked) as e:
         print(f"hasmap protect: error: {e}", file=err)
         return EXIT_USAGE
     except ProtectInterrupted as e:
+        if received:
+            print("hasmap protect: terminated (SIGTERM)", file=err)
         print(e.summary.text(), file=err)
         return EXIT_INTERRUPTED
+    except ProtectStopped as e:
+        print(e.summary.text(), file=err)  # its last line says why it stopped and what to do
+        return e.summary.exit_code
     if lead:
         print(summary.text())
         manifest = args.output / ("hasmap-manifest.jsonl" if team is None else "hasmap-manifest*.jsonl")

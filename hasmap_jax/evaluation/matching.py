@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hasmap_jax.files import find_images
+from hasmap_jax.files import find_images, real_path
 from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, manifest_files, recorded_outputs
 
 
@@ -88,9 +88,9 @@ def match_files(
     # Outputs written next to their inputs (same folder, with a suffix) are not originals, and
     # originals are not protected files.
     outputs = recorded_outputs(protected)
-    orig_files = [f for f in find_images(originals, exclude=ex + (protected,)) if f.resolve() not in outputs]
-    orig_set = {f.resolve() for f in orig_files}
-    prot_files = [f for f in find_images(protected, exclude=ex + (originals,)) if f.resolve() not in orig_set]
+    orig_files = [f for f in find_images(originals, exclude=ex + (protected,)) if real_path(f) not in outputs]
+    orig_set = {real_path(f) for f in orig_files}
+    prot_files = [f for f in find_images(protected, exclude=ex + (originals,)) if real_path(f) not in orig_set]
     orig = {}
     for f in orig_files:  # two originals with one stem (a.jpg, a.png): the first one wins
         orig.setdefault(_key(f, originals), f)

@@ -1,10 +1,11 @@
 """Protecting folders of real photos (`hasmap protect`): safe outputs and a resumable manifest.
 
-settings   presets and `ProtectSettings` (everything that decides the output bytes)
-manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
-lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
-runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
-           processes of a job, attack, write atomically
+  settings   presets and `ProtectSettings` (everything that decides the output bytes)
+  manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
+  lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
+  memory     the memory a batch of photos needs, and the budget batches are filled to
+  runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
+             processes of a job, attack, write atomically
 """
 
 from hasmap_jax.protect.lock import FolderLock, FolderLocked
@@ -17,7 +18,16 @@ from hasmap_jax.protect.manifest import (
     recorded_outputs,
     recorded_settings,
 )
-from hasmap_jax.protect.runner import FileResult, ProtectInterrupted, ProtectSummary, plan, protect_paths
+from hasmap_jax.protect.runner import (
+    EXIT_DISK_FULL,
+    FileResult,
+    OutputNotWritable,
+    ProtectInterrupted,
+    ProtectStopped,
+    ProtectSummary,
+    plan,
+    protect_paths,
+)
 from hasmap_jax.protect.settings import (
     DEFAULT_METHOD,
     DEFAULT_PRESET,
@@ -34,6 +44,7 @@ from hasmap_jax.protect.settings import (
 __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_PRESET",
+    "EXIT_DISK_FULL",
     "MANIFEST_NAME",
     "METHODS",
     "PRESET_TABLES",
@@ -42,8 +53,10 @@ __all__ = [
     "FolderLock",
     "FolderLocked",
     "Manifest",
+    "OutputNotWritable",
     "Preset",
     "ProtectInterrupted",
+    "ProtectStopped",
     "ProtectSettings",
     "ProtectSummary",
     "SettingsMismatch",

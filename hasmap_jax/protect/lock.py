@@ -103,7 +103,8 @@ class FolderLock:
         }
 
     def acquire(self) -> FolderLock:
-        """Takes the lock, replacing a stale one; raises `FolderLocked` naming a live holder."""
+        """Takes the lock, replacing a stale one; raises `FolderLocked` naming a live holder, and
+        `OSError` where the folder cannot be written (nothing is left behind then)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
@@ -127,8 +128,15 @@ class FolderLock:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # stale: taken over
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.record, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self.record, f)
+            except BaseException:
+                # A lock that could not be written (a full disk) must not stay behind: an empty lock
+                # file blocks the folder until it is old enough to count as stale.
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                raise
             self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="hasmap-lock")
             self._beat.start()
             return self
@@ -155,7 +163,7 @@ class FolderLock:
             self._beat = None
             rec = read_lock(self.path)
             if rec is not None and rec.get("token") == self.token and rec.get("pid") == os.getpid():
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # gone already, or the folder turned read-only
                     self.path.unlink()
 
     def __enter__(self) -> FolderLock:

@@ -6,6 +6,7 @@ to find the outputs and the settings they were made with.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from hasmap_jax.files import real_path
 from hasmap_jax.protect.settings import ADDED_LATER, SettingsMismatch, UsageError, settings_diff
 
 MANIFEST_NAME = "hasmap-manifest.jsonl"
@@ -152,13 +154,29 @@ class Manifest:
         line = json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default)
         with self._lock:
             self.write_to.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.write_to, "ab") as f:
+            data = line.encode() + b"\n"
+            # Unbuffered: a write that fails leaves nothing queued to come out later.
+            fd = os.open(self.write_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
                 # After a line cut short by a kill, start a new line rather than extend the broken one.
-                if f.tell() > 0 and not _ends_with_newline(self.write_to):
-                    f.write(b"\n")
-                f.write(line.encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+                if start > 0 and not _ends_with_newline(self.write_to):
+                    data = b"\n" + data
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError:
+                    # A full disk: leave no part of the line behind (a reader would count it as broken),
+                    # nor an empty manifest (it would mark the folder as an earlier run's outputs).
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                        if start == 0:
+                            os.unlink(self.write_to)
+                    raise
+            finally:
+                os.close(fd)
             if record.get("type") == "file" and record.get("status") == "ok":
                 self.files[record["output"]] = record
                 self.owned.add(record["output"])
@@ -182,7 +200,7 @@ def recorded_outputs(outdir: Path) -> set[Path]:
     """Resolved paths of the outputs `outdir`'s manifest files record as written (empty without one)."""
     if not manifest_files(outdir):
         return set()
-    return {(outdir / rel).resolve() for rel in Manifest(outdir / MANIFEST_NAME).owned}
+    return {real_path(outdir / rel) for rel in Manifest(outdir / MANIFEST_NAME).owned}
 
 
 def recorded_settings(outdir: str | os.PathLike) -> dict[str, Any] | None:

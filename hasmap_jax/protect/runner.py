@@ -19,7 +19,18 @@ into an output folder. What it promises:
   silently; `force=True` (`--force`) starts a new settings section in the manifest and redoes every
   photo with the new settings.
 - Ctrl-C: the photo being written is either complete or absent, every finished photo is in the
-  manifest, and `ProtectInterrupted` (a `KeyboardInterrupt`) carries the summary so far.
+  manifest, and `ProtectInterrupted` (a `KeyboardInterrupt`) carries the summary so far. (The
+  command line turns SIGTERM into the same.) Temporary files a killed run left where this run
+  writes are removed by the next run that takes the folder's lock, and listed in its summary.
+- A full disk (ENOSPC, EDQUOT), or an output folder that stops taking writes (read-only, I/O
+  error), stops the run at the first failed write: nothing half-written stays, every finished photo
+  is kept and recorded, and `ProtectStopped` carries the summary so far (a rerun resumes). An output
+  folder that cannot be written at all is an `OutputNotWritable` usage error before any work.
+- Memory: photos are batched within a memory budget (`hasmap_jax.protect.memory`), and a photo too
+  large for all the memory there is fails alone, before its attack.
+- Earlier runs' output folders (those holding a `hasmap-manifest*.jsonl`) inside an input folder
+  are left out of the inputs, and so are the outputs an input folder's own manifest records (an
+  earlier run into it with a `--suffix`); the summary names the folders left out.
 - Bad inputs get a per-file result (status "skipped" or "failed" and a message; see
   `hasmap_jax.files` for the behaviour per kind) and the other photos still complete.
 - Photos of one size are attacked together (each distinct size compiles its own program); the
@@ -37,7 +48,9 @@ into an output folder. What it promises:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -60,10 +73,21 @@ from hasmap_jax.files import (
     find_images,
     probe_image,
     read_image,
+    real_path,
+    remove_temporaries,
     sha256_file,
 )
-from hasmap_jax.protect.lock import FolderLock, FolderLocked
-from hasmap_jax.protect.manifest import MANIFEST_NAME, Manifest, model_identity, now, part_name, recorded_outputs
+from hasmap_jax.protect import memory as mem
+from hasmap_jax.protect.lock import LOCK_NAME, FolderLock, FolderLocked
+from hasmap_jax.protect.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    manifest_files,
+    model_identity,
+    now,
+    part_name,
+    recorded_outputs,
+)
 from hasmap_jax.protect.settings import ProtectSettings, UsageError
 from hasmap_jax.runtime.distributed import Team
 from hasmap_jax.sensitivity.maps import resolve_sensitivity
@@ -77,7 +101,8 @@ class FileResult:
       input: the input file.
       output: the output file (None when nothing was written).
       status: "ok" (written now), "done" (already done by an earlier run, left as is), "skipped"
-        (too small) or "failed".
+        (too small) or "failed". A photo already rated low as given is "ok" too: written unchanged
+        (`already_low`).
       message: why it was skipped or failed.
       notes: conversions applied on reading (greyscale, orientation, alpha, ...).
       record: the manifest record (scores and distortion for "ok" and "done").
@@ -97,11 +122,17 @@ class FileResult:
             return None
         return bool(self.record.get("protected"))
 
+    @property
+    def already_low(self) -> bool:
+        """Written now, but unchanged: the model already rated the photo low (`kept` "already_low")."""
+        return self.status == "ok" and self.record.get("kept") == "already_low"
+
 
 #: What `ProtectSummary.totals` counts, in this order (a job sums them over its processes).
 TOTALS = (
     "inputs",
     "ok",
+    "already_low",
     "done",
     "skipped",
     "failed",
@@ -113,12 +144,30 @@ TOTALS = (
 )
 
 
+#: Exit status of a run stopped by a full disk (`ProtectSummary.exit_code`; `hasmap protect --help`).
+EXIT_DISK_FULL = 3
+#: errno values that mean the output's file system is full (a quota counts as full).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: errno values of a write that no other photo's write would escape either: stop the run.
+_STOP_WRITING = DISK_FULL | {errno.EROFS, errno.EIO}
+
+
 @dataclasses.dataclass
 class ProtectSummary:
-    """This process's per-file results, in input order, and whether it was interrupted.
+    """This process's per-file results, in input order, and whether it was interrupted or stopped.
 
     In a job of several processes, `results` are this process's share and `job_totals` the counts
     summed over every process (`TOTALS`); `text()` and `exit_code` speak for the whole job.
+
+    Attributes:
+      planned: the inputs this process was given (its round-robin share), whether or not it reached
+        them; None: as many as `results`.
+      stopped: why the run stopped before the end (a full disk, ...); "" when it did not.
+      disk_full: the stop was a full disk (ENOSPC, EDQUOT).
+      left_out: folders among the inputs left out as earlier runs' output folders.
+      cleaned: temporary files of a killed run removed from the output folder.
+      not_done: the inputs not reached when the run was interrupted or stopped (a single process's
+        run; a job's processes share their photos, so each cannot tell).
     """
 
     outdir: Path
@@ -127,6 +176,12 @@ class ProtectSummary:
     seconds: float = 0.0
     job_totals: dict[str, int] | None = None
     processes: int = 1
+    planned: int | None = None
+    stopped: str = ""
+    disk_full: bool = False
+    left_out: list[Path] = dataclasses.field(default_factory=list)
+    cleaned: list[Path] = dataclasses.field(default_factory=list)
+    not_done: list[Path] = dataclasses.field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -135,8 +190,10 @@ class ProtectSummary:
         """This process's counts (`TOTALS`)."""
         written = [r for r in self.results if r.status in ("ok", "done")]
         return {
-            "inputs": len(self.results),
-            **{s: self.count(s) for s in ("ok", "done", "skipped", "failed")},
+            "inputs": len(self.results) if self.planned is None else self.planned,
+            "ok": self.count("ok"),
+            "already_low": sum(r.already_low for r in self.results),
+            **{s: self.count(s) for s in ("done", "skipped", "failed")},
             "written": len(written),
             "protected": sum(bool(r.protected) for r in written),
             "after_jpeg": sum("protected_after_jpeg" in r.record for r in written),
@@ -146,19 +203,25 @@ class ProtectSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: every input image has its output; 1: some were skipped or failed; 130: interrupted
-        (over the whole job when there are several processes)."""
+        """0: every input image has its output; 1: some were skipped or failed, or writing stopped
+        for another reason than a full disk; `EXIT_DISK_FULL` (3): stopped by a full disk; 130:
+        interrupted (over the whole job when there are several processes)."""
         t = self.job_totals or self.totals()
         if t["interrupted"]:
             return 130
+        if self.stopped:
+            return EXIT_DISK_FULL if self.disk_full else 1
         return 1 if t["failed"] or t["skipped"] else 0
 
     def text(self) -> str:
         """A few lines for people: counts (the job's), then every photo of this process that needs attention."""
         t = self.job_totals or self.totals()
+        not_done = t["inputs"] - sum(t[k] for k in ("ok", "done", "skipped", "failed"))
+        low = f"{t['already_low']} already rated low (written unchanged), " if t["already_low"] else ""
         parts = [
-            f"{t['inputs']} input(s): {t['ok']} protected now, {t['done']} already done, "
+            f"{t['inputs']} input(s): {t['ok'] - t['already_low']} protected now, {low}{t['done']} already done, "
             f"{t['skipped']} skipped, {t['failed']} failed"
+            + (f", {not_done} not done" if not_done > 0 else "")
             + (f" ({self.processes} processes)" if self.processes > 1 else "")
         ]
         if t["written"]:
@@ -166,13 +229,30 @@ class ProtectSummary:
             if t["after_checkpoints"]:
                 check = "after every --robust web check: JPEG, resizing, blur, crop, flip"
             parts.append(f"{t['protected']} of {t['written']} output(s) rated not high quality by the model ({check})")
+        if self.left_out:
+            parts.append(
+                f"left out {len(self.left_out)} folder(s) holding an earlier run's outputs (a hasmap-manifest*.jsonl); "
+                "to protect photos there, name the folder itself as an input: "
+                + ", ".join(map(str, self.left_out[:10]))
+                + (" ..." if len(self.left_out) > 10 else "")
+            )
+        if self.cleaned:
+            parts.append(
+                f"removed {len(self.cleaned)} temporary file(s) left in {self.outdir} by a run that was killed"
+            )
         for r in self.results:
             if r.status in ("skipped", "failed"):
                 parts.append(f"  {r.status}: {r.message}")
             elif r.protected is False:
                 parts.append(f"  NOT protected (still rated high): {r.input} -> {r.output}")
+        for f in self.not_done[:20]:
+            parts.append(f"  not done: {f}")
+        if len(self.not_done) > 20:
+            parts.append(f"  ... and {len(self.not_done) - 20} more not done")
         if t["interrupted"]:
             parts.append("interrupted: rerun the same command to finish (finished photos are skipped)")
+        elif self.stopped:
+            parts.append(f"stopped: {self.stopped}")
         return "\n".join(parts)
 
 
@@ -182,6 +262,44 @@ class ProtectInterrupted(KeyboardInterrupt):
     def __init__(self, summary: ProtectSummary):
         super().__init__("interrupted")
         self.summary = summary
+
+
+class ProtectStopped(Exception):
+    """Writing into the output folder failed for every photo alike (a full disk, a read-only or
+    failing file system): the run stopped at the first failed write. `summary` holds the results up
+    to then (`summary.stopped` says why and what to do; `summary.exit_code` is `EXIT_DISK_FULL` for
+    a full disk); finished photos are kept and recorded, so a rerun resumes."""
+
+    def __init__(self, summary: ProtectSummary):
+        super().__init__(summary.stopped)
+        self.summary = summary
+
+
+class OutputNotWritable(UsageError):
+    """The output folder cannot be written (read-only, no permission, full): nothing was written."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+def _unwritable(folder: Path, e: OSError) -> str:
+    """The message for an output folder that refused a write."""
+    what = f" ({e.filename})" if e.filename else ""
+    if e.errno in DISK_FULL:
+        todo = "free space there (or choose another output folder with -o) and rerun the same command"
+    else:
+        todo = "make it writable, or choose another output folder with -o"
+    return f"cannot write to the output folder {folder}: {e.strerror or e}{what}; {todo}"
+
+
+def _stopped_text(outdir: Path, e: OSError) -> str:
+    what = f", {e.filename}" if e.filename else ""
+    if e.errno in DISK_FULL:
+        head, todo = f"the disk holding {outdir} is full ({e.strerror}{what})", "free space there"
+    else:
+        head, todo = f"writing into {outdir} failed ({e.strerror or e}{what})", "fix that"
+    return f"{head}; {todo} and rerun the same command to finish (finished photos are kept and skipped)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,12 +320,17 @@ def plan(
     settings: ProtectSettings,
     *,
     listed: Sequence[str] = (),
+    left_out: list[Path] | None = None,
 ) -> list[_Job]:
     """Input files and their output paths; raises `UsageError` before anything is written.
 
     Folders are walked recursively (image extensions only; hidden files, the output folder and the
     outputs its manifest records are left out, so protecting into the input folder with a suffix
-    does not protect the outputs again on a rerun); files named directly are tried whatever their
+    does not protect the outputs again on a rerun). Folders below an input folder that hold a
+    manifest (`hasmap-manifest*.jsonl`) hold an earlier run's outputs: they are left out and
+    appended to `left_out` when it is given; an input folder named directly that holds one (an
+    earlier run into it with a suffix) keeps its photos, less the outputs its manifest records.
+    Files named directly are tried whatever their
     extension and go to the top of the output folder. `listed` (`--files-from`) are files, one per
     entry, that keep their relative path under the output folder (an absolute path, or one that
     climbs out with "..", keeps only its name). Every process of a job gets the same list in the
@@ -218,12 +341,24 @@ def plan(
         raise UsageError(f"output {outdir} exists and is not a folder")
     ours = recorded_outputs(outdir)
     jobs: list[_Job] = []
+
+    def earlier_run(folder: Path) -> bool:
+        if not manifest_files(folder):
+            return False
+        if left_out is not None:
+            left_out.append(folder)
+        return True
+
+    earlier = 0  # outputs of earlier runs among the photos of the input folders
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in find_images(p, exclude=(outdir,)):
-                if f.resolve() not in ours:
+            recorded = ours | recorded_outputs(p)
+            for f in find_images(p, exclude=(outdir,), skip=earlier_run):
+                if real_path(f) not in recorded:
                     jobs.append(_job(f, f.relative_to(p), outdir, settings))
+                else:
+                    earlier += 1
         elif p.exists():
             jobs.append(_job(p, Path(p.name), outdir, settings))
         else:
@@ -236,11 +371,14 @@ def plan(
         jobs.append(_job(p, rel, outdir, settings))
     if not jobs:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise UsageError(f"no image files in {', '.join(map(str, inputs))} (looked for {exts})")
-    inputs_resolved = {j.src.resolve(): j.src for j in jobs}
+        why = f"; {earlier} photo(s) there are outputs its hasmap-manifest*.jsonl records" if earlier else ""
+        if left_out:
+            why += f"; left out as earlier runs' outputs: {', '.join(map(str, left_out))}"
+        raise UsageError(f"no image files in {', '.join(map(str, inputs))} (looked for {exts}){why}")
+    inputs_resolved = {real_path(j.src): j.src for j in jobs}
     seen: dict[str, Path] = {}
     for j in jobs:
-        target = j.out.resolve()
+        target = real_path(j.out)
         if target in inputs_resolved:
             raise UsageError(
                 f"the output for {j.src} would overwrite the input {inputs_resolved[target]}; choose another "
@@ -279,6 +417,7 @@ def protect_paths(
     team: Team | None = None,
     io_workers: int = 2,
     listed: Sequence[str] = (),
+    memory: int | None = None,
 ) -> ProtectSummary:
     """Protects photo files and folders into `outdir`; see the module docstring for the guarantees.
 
@@ -289,7 +428,7 @@ def protect_paths(
       model: a quality model (`QualityModel` or anything with the same `apply`); default: loaded
         from `settings.model`. Its identity should be in `settings.model` for the manifest.
       sensitivity: `attack_batch`'s sensitivity; default: from `settings.sensitivity`.
-      batch_size: photos of one size attacked together.
+      batch_size: at most this many photos of one size attacked together.
       force: redo everything with these settings even if the folder holds other results, and
         replace output files this tool did not write.
       progress: called as progress(done, total, note) as photos are attacked (photos to attack only;
@@ -302,13 +441,16 @@ def protect_paths(
       listed: more input files, as `plan`'s `listed` (`--files-from`).
       io_workers: threads that decode the next batch and encode and write outputs while the
         attack runs (at most two batches of photos in memory at a time).
+      memory: the bytes this process may use at its peak: batches hold as many photos (up to
+        `batch_size`) as fit (`hasmap_jax.protect.memory`); None: the default budget there.
 
     Returns:
       A `ProtectSummary` (with the job's totals when `team` has several processes).
 
     Raises:
-      UsageError / SettingsMismatch / FolderLocked: before anything was written.
+      UsageError / SettingsMismatch / FolderLocked / OutputNotWritable: before anything was written.
       ProtectInterrupted: on Ctrl-C, after the running writes finished or were removed.
+      ProtectStopped: a write failed for want of space (or the output folder failed): at once.
     """
     settings = settings if settings is not None else ProtectSettings()
     team = team if team is not None else Team()
@@ -321,39 +463,86 @@ def protect_paths(
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     outdir = Path(outdir)
-    jobs = plan(inputs, outdir, settings, listed=listed)
-    lock = _take_lock(outdir, team)
+    left_out: list[Path] = []
+    jobs = plan(inputs, outdir, settings, listed=listed, left_out=left_out)
+    summary = ProtectSummary(
+        outdir,
+        [],
+        processes=team.count,
+        planned=len(range(team.index, len(jobs), team.count)),
+        left_out=left_out,
+        not_done=[j.src for j in jobs] if team.count == 1 else [],  # until the run says otherwise
+    )
+    try:
+        lock, summary.cleaned = _take_lock(outdir, team, {j.out.parent for j in jobs})
+    except OutputNotWritable as e:
+        if not e.disk_full:
+            raise
+        summary.stopped, summary.disk_full = str(e), True
+        raise ProtectStopped(summary) from None
     try:
         return _protect(
-            jobs, outdir, settings, model, sensitivity, batch_size, force, progress, on_result, team, io_workers
+            jobs,
+            summary,
+            settings,
+            model,
+            sensitivity,
+            batch_size,
+            force,
+            progress,
+            on_result,
+            team,
+            io_workers,
+            memory,
         )
     finally:
         lock.release()
 
 
-def _take_lock(outdir: Path, team: Team) -> FolderLock:
-    """Process 0 takes the folder lock for the job (with a token all processes share); the others
-    check it is in place. A refusal on process 0 is raised on every process."""
+def _take_lock(outdir: Path, team: Team, folders: set[Path]) -> tuple[FolderLock, list[Path]]:
+    """Process 0 takes the folder lock for the job (with a token all processes share) and removes
+    the temporary files a killed run left in the `folders` this run writes into (listed in the
+    result; a folder holding another run's lock is left alone); the others check the lock is in
+    place. A refusal on process 0 is raised on every process."""
     token = team.broadcast(np.frombuffer(os.urandom(8), np.uint8)).tobytes().hex()
     lock = FolderLock(outdir, token=token, processes=team.count)
-    message = ""
+    message, refusal = "", 0  # 1: locked, 2: not writable, 3: full
+    cleaned: list[Path] = []
     if team.index == 0:
         try:
             lock.acquire()
         except FolderLocked as e:
-            message = str(e)
-    refused = team.broadcast(np.array([bool(message)]))[0]
-    if refused:
-        raise FolderLocked(message or f"{outdir}: process 0 of this job could not take the folder lock")
+            message, refusal = str(e), 1
+        except OSError as e:
+            message, refusal = _unwritable(outdir, e), 3 if e.errno in DISK_FULL else 2
+        else:
+            # Nobody else writes here while we hold the lock: a temporary file now is a dead run's.
+            ours = [d for d in folders if d == outdir or not (d / LOCK_NAME).exists()]
+            cleaned = remove_temporaries(ours)
+    refusal = int(team.broadcast(np.array([refusal], np.int32))[0])
+    if refusal:
+        message = message or f"{outdir}: process 0 of this job could not take the folder lock"
+        if refusal == 1:
+            raise FolderLocked(message)
+        raise OutputNotWritable(message, disk_full=refusal == 3)
     if team.index != 0:
         lock.join()
-    return lock
+    return lock, cleaned
 
 
-def _protect(jobs, outdir, settings, model, sensitivity, batch_size, force, progress, on_result, team, io_workers):
+def _protect(
+    jobs, summary, settings, model, sensitivity, batch_size, force, progress, on_result, team, io_workers, memory
+):
+    outdir = summary.outdir
     manifest = Manifest(outdir / MANIFEST_NAME, write_to=outdir / part_name(team.index, team.count))
     team.barrier("hasmap-manifest-read")  # every process has read the parts before any writes
-    manifest.start(settings.to_json(), force=force)
+    try:
+        manifest.start(settings.to_json(), force=force)
+    except OSError as e:  # the first write after the lock
+        if e.errno in DISK_FULL:
+            summary.stopped, summary.disk_full = _stopped_text(outdir, e), True
+            raise ProtectStopped(summary) from None
+        raise OutputNotWritable(_unwritable(outdir, e)) from None
     if model is None:
         from hasmap_jax.weights.loading import load_quality_model
 
@@ -363,7 +552,6 @@ def _protect(jobs, outdir, settings, model, sensitivity, batch_size, force, prog
 
     t0 = time.monotonic()
     results: dict[int, FileResult] = {}
-    summary = ProtectSummary(outdir, [], processes=team.count)
     finished = threading.Lock()
 
     def finish(i: int, r: FileResult) -> None:
@@ -374,23 +562,49 @@ def _protect(jobs, outdir, settings, model, sensitivity, batch_size, force, prog
 
     def close(interrupted: bool) -> None:
         summary.results = [results[i] for i in sorted(results)]
+        if team.count == 1:
+            summary.not_done = [j.src for i, j in enumerate(jobs) if i not in results]
         summary.interrupted, summary.seconds = interrupted, time.monotonic() - t0
-        manifest.append({"type": "run", "finished": not interrupted, "time": now(), **_counts(summary)})
+        record = {"type": "run", "finished": not (interrupted or summary.stopped), "time": now(), **_counts(summary)}
+        with contextlib.suppress(OSError):  # the run's record is for people; a full disk may refuse it
+            manifest.append(record)
 
     try:
         mine = _triage(jobs, manifest, settings, force, finish, team)
         sizes = _pending_sizes(len(jobs), mine, team)
-        dealt, owners = _deal(_batches(sizes, batch_size), team.count)
+        limits = _memory_limits(memory, team)
+        dealt, owners = _deal(_batches(sizes, batch_size, limits[0], robust=settings.robust), team.count)
         batches = [b for b, owner in zip(dealt, owners, strict=True) if owner == team.index]
-        _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers)
+        _run_batches(
+            jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers, limits[1]
+        )
     except KeyboardInterrupt:
         close(True)
         raise ProtectInterrupted(summary) from None
+    except OSError as e:  # a write that every photo would meet (a photo's own read errors are its result)
+        summary.stopped, summary.disk_full = _stopped_text(outdir, e), e.errno in DISK_FULL
+        close(False)
+        raise ProtectStopped(summary) from None
     close(False)
     if team.count > 1:
         totals = team.sum(np.array([summary.totals()[k] for k in TOTALS], np.int64))
         summary.job_totals = dict(zip(TOTALS, (int(v) for v in totals), strict=True))
     return summary
+
+
+def _memory_limits(memory: int | None, team: Team) -> tuple[int | None, int | None]:
+    """(budget, ceiling) of `memory.limits`, the smallest over the job's processes (every process
+    must form the same batches; gathered in KiB, rounded up)."""
+    local = mem.limits(memory)
+    if team.count == 1:
+        return local
+    kib = [-1 if v is None else min(-(-v // 1024), 2**31 - 1) for v in local]
+    every = team.allgather(np.array(kib, np.int32))
+    agreed = []
+    for k in range(2):
+        known = [int(v) for v in every[:, k] if v >= 0]
+        agreed.append(min(known) * 1024 if known else None)
+    return agreed[0], agreed[1]
 
 
 def _counts(summary: ProtectSummary) -> dict[str, int]:
@@ -413,7 +627,7 @@ def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, fi
         try:
             sha = sha256_file(job.src)
         except OSError as e:
-            finish(i, _problem(manifest, job, f"{job.src}: cannot read ({e.strerror or e})", kind="unreadable"))
+            finish(i, _problem(manifest, job, _cannot_read(job, e), kind="unreadable"))
             continue
         rec = manifest.files.get(job.rel_out)
         if (
@@ -442,6 +656,12 @@ def _triage(jobs, manifest: Manifest, settings: ProtectSettings, force: bool, fi
     return pending
 
 
+def _cannot_read(job: _Job, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return f"{job.src}: cannot read: a symbolic link loop ({e.strerror}); fix or remove the link"
+    return f"{job.src}: cannot read ({e.strerror or e})"
+
+
 def _pending_sizes(n: int, mine: dict[int, tuple], team: Team) -> dict[int, tuple[int, int]]:
     """{job index: (h, w)} of every photo to attack, over all processes' shares (one gather of
     about 12 bytes per photo, whatever the process count)."""
@@ -458,16 +678,22 @@ def _pending_sizes(n: int, mine: dict[int, tuple], team: Team) -> dict[int, tupl
     }
 
 
-def _batches(sizes: dict[int, tuple[int, int]], batch_size: int) -> list[tuple[tuple[int, int], list[int], int]]:
+def _batches(
+    sizes: dict[int, tuple[int, int]], batch_size: int, budget: int | None = None, *, robust: str = "jpeg90"
+) -> list[tuple[tuple[int, int], list[int], int]]:
     """(size, job indices, rows) per batch: one compiled program per photo size, a size's photos in
-    as few batches as `batch_size` allows, made as even as possible (6 photos at 4: 3 + 3); a last,
-    smaller batch is padded to its size's `rows` rather than compiling a program of its own."""
+    as few batches as `batch_size` and the memory `budget` (bytes; None: no limit) allow, made as
+    even as possible (6 photos at 4: 3 + 3); a last, smaller batch is padded to its size's `rows`
+    rather than compiling a program of its own. A photo too large for the budget goes alone."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i in sorted(sizes):  # in input order: sizes in order of first appearance
         groups.setdefault(sizes[i], []).append(i)
     batches = []
     for size, idx in groups.items():
-        rows = -(-len(idx) // -(-len(idx) // batch_size))  # ceil(n / ceil(n / batch_size))
+        cap = batch_size
+        if budget is not None:
+            cap = max(1, min(batch_size, mem.photos_per_batch(size, budget, robust=robust)))
+        rows = -(-len(idx) // -(-len(idx) // cap))  # ceil(n / ceil(n / cap))
         batches += [(size, idx[k : k + rows], rows) for k in range(0, len(idx), rows)]
     return batches
 
@@ -504,11 +730,31 @@ def _unreadable(manifest: Manifest, job: _Job, e: ImageReadError) -> FileResult:
     return _problem(manifest, job, str(e), status="skipped" if e.skip else "failed", kind=e.kind)
 
 
-def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers) -> None:
+def _run_batches(
+    jobs, batches, mine, manifest, settings, model, sensitivity, progress, finish, io_workers, ceiling=None
+) -> None:
     """Attacks this process's batches, decoding the next batch and writing the last one's outputs
     in `io_workers` threads meanwhile (at most the running batch, the next one and the last one's
-    outputs in memory)."""
+    outputs in memory). A photo whose estimated memory alone is above `ceiling` (bytes) fails
+    before it is read. A write that fails for every photo alike (`_STOP_WRITING`) is raised before
+    the next batch is attacked."""
     from hasmap_jax.attack import attack_batch
+
+    if ceiling is not None:
+        fits = []
+        for size, idx, rows in batches:
+            need = mem.batch_bytes(size, 1, robust=settings.robust)
+            if need <= ceiling:
+                fits.append((size, idx, rows))
+                continue
+            for i in idx:
+                msg = (
+                    f"{jobs[i].src}: {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.1f} MP needs about "
+                    f"{mem.format_size(need)} of memory to protect, more than this process can have "
+                    f"({mem.format_size(ceiling)}); downscale it, or free memory (--memory SIZE runs it anyway)"
+                )
+                finish(i, _problem(manifest, jobs[i], msg, kind="memory"))
+        batches = fits
 
     total = sum(len(idx) for _, idx, _ in batches)
     done = 0
@@ -542,7 +788,7 @@ def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, pr
             except ImageReadError as e:
                 finish(i, _unreadable(manifest, job, e))
             except OSError as e:
-                finish(i, _problem(manifest, job, f"{job.src}: cannot read ({e.strerror or e})", kind="unreadable"))
+                finish(i, _problem(manifest, job, _cannot_read(job, e), kind="unreadable"))
         return out
 
     with concurrent.futures.ThreadPoolExecutor(max(1, io_workers), thread_name_prefix="hasmap-io") as pool:
@@ -566,6 +812,9 @@ def _run_batches(jobs, batches, mine, manifest, settings, model, sensitivity, pr
                         label = f"batch {b + 1}/{len(batches)}"
                         kwargs["progress"] = functools.partial(_step_progress, progress, done, len(idx), total, label)
                     pad_to = rows if part is parts[0] else 0
+                    for w in writes:  # the last batch's writes failed already: stop before attacking
+                        if w.done():
+                            w.result()
                     res = _attack(jobs, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
                     for w in writes:  # the previous batch's outputs are on disk before the next is queued
                         w.result()
@@ -650,8 +899,16 @@ def _write(i, job, img, sha, res, k, manifest, settings, finish) -> None:
     # The record goes first: if we are stopped before the file is in place, the rerun finds the
     # output missing (or its digest different), redoes it, and knows the path is ours to replace.
     manifest.append(record)
-    with atomic_output(job.out) as f:
-        f.write(data)
+    try:
+        with atomic_output(job.out) as f:
+            f.write(data)
+    except OSError as e:
+        if e.errno in _STOP_WRITING:  # every other photo would fail alike: stop the run
+            raise
+        why = e.strerror or e
+        msg = f"{job.src}: cannot write {job.out} ({why}); make its folder writable or move aside what is there"
+        finish(i, _problem(manifest, job, msg, kind="unwritable"))
+        return
     finish(i, FileResult(job.src, job.out, "ok", notes=img.notes, record=record))
 
 
