@@ -450,6 +450,14 @@ def test_manifest_toml_is_shipped_and_loads():
         photos.by_name("no-such-photo")
     with pytest.raises(ValueError, match="unknown split"):
         photos.photos("test")
+    with pytest.raises(ValueError, match="unknown category"):
+        photos.photos(category="foggy")
+    # issue 26: the unseen packages include a category of calm photos (smooth by nature), at least 15,
+    # and no photo whose licence is unclear is trained on
+    calm = photos.photos("unseen", category="calm")
+    assert len(calm) >= 15 and set(calm) < set(photos.photos("unseen"))
+    assert set(photos.photos(category="calm")) | set(photos.photos(category="general")) == set(parsed)
+    assert not [p.name for p in photos.photos("train") if p.license.startswith(photos.UNCLEAR_PREFIX)]
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"hasmap_jax\.training" = \[[^\]]*"\*\.toml"', pyproject), "photos.toml must be package data"
 
@@ -462,6 +470,10 @@ def test_manifest_parser_accepts_a_good_entry(tmp_path):
         "a", "pypi", "scikit-image", "0.26.0", "skimage/data/astronaut.png", "ab" * 32, "public domain", "NASA", "train"
     )
     assert b.name == "b" and b.split == "heldout" and b.offset == 12
+    assert a.category == photos.DEFAULT_CATEGORY == "general"  # category is optional
+    unclear = _entry(name='"d"', package='"tuxtype-data"', split='"unseen"', license='"unclear: x"')
+    c, d = photos.parse_photos(_entry(category='"calm"') + unclear)
+    assert c.category == "calm" and d.license == "unclear: x" and d.category == "general"
 
 
 @pytest.mark.parametrize(
@@ -479,6 +491,9 @@ def test_manifest_parser_accepts_a_good_entry(tmp_path):
         (dict(offset='"7328"'), "offset"),
         (dict(package='"plasma-workspace-wallpapers"'), "independent evaluation"),
         (dict(package='"lomiri-wallpapers-legacy"'), "independent evaluation"),
+        (dict(category='"foggy"'), "unknown category 'foggy'"),
+        (dict(category="1"), "unknown category"),
+        (dict(license='"unclear: package-wide only"'), "never trained on"),  # split "train"
     ],
 )
 def test_manifest_parser_names_the_broken_entry(tmp_path, changes, message):

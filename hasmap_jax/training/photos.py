@@ -66,6 +66,17 @@ MANIFEST_NAME = "photos.toml"
 SPLITS = ("train", "heldout", "unseen")
 SOURCES = ("debian", "pypi")
 
+#: What a photo shows, for evaluation per category. "calm": most of the frame is smooth by nature
+#: (a large clear or softly clouded sky, still water, fog, haze or steam, a long exposure, dusk or
+#: night, a small subject on a plain or out-of-focus background, one strong colour), the photos a
+#: detail-based quality model can take for blurred; "general": every other photo (the default).
+CATEGORIES = ("general", "calm")
+DEFAULT_CATEGORY = "general"
+
+#: A licence that starts with this is not established from the package (only a package-wide
+#: fallback, or a conflicting statement): such a photo may be scored, never trained on.
+UNCLEAR_PREFIX = "unclear:"
+
 #: Debian packages kept out of training and tuning (reserved for independent evaluation): exact
 #: names, and prefixes (`lomiri-wallpapers`, `lomiri-wallpapers-*`).
 EXCLUDED_PACKAGES = ("plasma-workspace-wallpapers",)
@@ -91,6 +102,7 @@ class Photo:
       license, credit: the photo's licence and author as the package states them.
       split: "train", "heldout" or "unseen" (a package held out whole, evaluation only).
       offset: for a container file (.edj, .rcc), the byte offset of the embedded image; None for an image file.
+      category: one of `CATEGORIES` ("calm": smooth by nature; "general", the default: the rest).
     """
 
     name: str
@@ -103,6 +115,7 @@ class Photo:
     credit: str
     split: str
     offset: int | None = None
+    category: str = DEFAULT_CATEGORY
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Photo))
@@ -136,6 +149,13 @@ def _entry(index: int, raw: Any) -> Photo:
         raise ManifestError(f"{label}: sha256 must be 64 lowercase hex digits, got {raw['sha256']!r}")
     if raw["split"] not in SPLITS:
         raise ManifestError(f"{label}: unknown split {raw['split']!r}; expected one of {SPLITS}")
+    if "category" in raw and raw["category"] not in CATEGORIES:
+        raise ManifestError(f"{label}: unknown category {raw['category']!r}; expected one of {CATEGORIES}")
+    if raw["split"] == "train" and raw["license"].startswith(UNCLEAR_PREFIX):
+        raise ManifestError(
+            f"{label}: split 'train' with a licence that starts {UNCLEAR_PREFIX!r}; such a photo is scored, never "
+            "trained on"
+        )
     if raw["source"] not in SOURCES:
         raise ManifestError(f"{label}: unknown source {raw['source']!r}; expected one of {SOURCES}")
     if is_excluded_package(raw["package"]):
@@ -212,11 +232,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def photos(split: str | None = None) -> tuple[Photo, ...]:
-    """The photos of one split ("train", "heldout" or "unseen"), or all of them."""
+def photos(split: str | None = None, *, category: str | None = None) -> tuple[Photo, ...]:
+    """The photos of one split ("train", "heldout" or "unseen") and/or one category, or all of them."""
     if split not in (None, *SPLITS):
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} or None")
-    return tuple(p for p in _manifest() if split is None or p.split == split)
+    if category not in (None, *CATEGORIES):
+        raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES} or None")
+    return tuple(
+        p for p in _manifest() if (split is None or p.split == split) and (category is None or p.category == category)
+    )
 
 
 def by_name(name: str) -> Photo:
