@@ -93,6 +93,13 @@ def test_default_card(model):
     assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
     assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tq.RANK_GOAL for k in ("blur", "noise", "jpeg"))
     assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
+    # issue 26: the same in every category of photo, calm ones (smooth by nature) apart
+    assert set(unseen["per_category"]) == set(photos.CATEGORIES)
+    for category, r in unseen["per_category"].items():
+        assert r["photos"] == len(photos.photos("unseen", category=category)), category
+        assert r["clean"] >= 0.95 and r["issue_clear"] >= 0.95, (category, r)
+        assert all(v["mean"] <= tq.RANK_GOAL for v in r["severity_rank"].values()), (category, r["severity_rank"])
+        assert 0.0 <= r["score_range"][0] < r["score_range"][1] <= 100.0, category
 
 
 def test_default_scores_stay_on_the_scale(model):
@@ -560,9 +567,43 @@ def test_evaluate_reports_rank_correlation_and_score_range():
     assert set(report["per_group"]) == {"a", "b"} and report["per_group"]["a"]["photos"] == 1
     text = tq.format_report(report)
     assert "rank correlation per view" in text and "blur -1.00" in text
-    assert "blur sigma >= 3" in text and "  a: 1 photos" in text
+    assert "blur sigma >= 3" in text and "  a: 1 photos" in text and "per package:" in text
+    assert "per_category" not in report and "per category" not in text  # only when categories are given
     with pytest.raises(ValueError, match="groups"):
         tq.evaluate(Sharpness(), {}, [photo], views=1, groups=["a", "b"])
+
+
+def test_evaluate_reports_each_category_as_its_own_evaluation():
+    """Per category (issue 26: calm photos apart): the figures of a category are those of evaluating
+    its photos alone, and a model that rates smooth photos low shows it there, not in the other."""
+
+    class Sharpness:
+        def apply(self, variables, x):
+            dx = jnp.abs(jnp.diff(x, axis=2)).mean(axis=(1, 2, 3))
+            return (jnp.clip(3000.0 * dx, 0.0, 100.0),)
+
+    yy, xx = np.mgrid[:420, :600]
+    calm = np.stack([60 + 120 * xx / 600, 120 + 0 * yy, 200 - 80 * yy / 420], -1).astype(np.uint8)  # a smooth sky
+    detailed = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
+    report = tq.evaluate(Sharpness(), {}, [calm, detailed], views=1, groups=["p", "q"], categories=["calm", "general"])
+    alone = tq.evaluate(Sharpness(), {}, [calm], views=1)  # the calm photo first: the same samples
+    per = report["per_category"]
+    assert set(per) == {"calm", "general"} and per["calm"]["photos"] == per["general"]["photos"] == 1
+    assert per["calm"]["clean"] == alone["accuracy"]["clean"] == 0.0 and per["general"]["clean"] == 1.0
+    assert per["calm"]["issue_clear"] == alone["accuracy"]["issue_clear"]
+    assert per["calm"]["score_range"] == alone["score_range"]
+    for kind in tq.SUMMARY_KINDS:
+        assert per["calm"]["severity_rank"][kind]["mean"] == pytest.approx(
+            alone["per_kind"][kind]["severity_rank"]["mean"], nan_ok=True
+        )
+        assert per["calm"]["issue_clear_per_kind"][kind] == alone["issue_clear"][kind]["share_low"]
+    assert per["general"]["severity_rank"]["blur"]["mean"] == pytest.approx(-1.0)
+    np.testing.assert_equal(report["per_group"]["p"], per["calm"])  # one photo per package: the same figures
+    text = tq.format_report(report)
+    assert "per category:" in text and "  calm: 1 photos, clean rated high 0.0%" in text
+    assert "per package:" in text and "rank blur" in text
+    with pytest.raises(ValueError, match="categories"):
+        tq.evaluate(Sharpness(), {}, [calm], views=1, categories=["calm", "general"])
 
 
 def test_evaluation_adds_the_clear_samples_without_moving_the_others():

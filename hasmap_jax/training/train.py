@@ -316,6 +316,7 @@ def evaluate(
     batch_size: int = 16,
     threshold: float = 50.0,
     groups: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores held-out photos clean and degraded (`quality_data.evaluation_samples`).
 
@@ -326,16 +327,19 @@ def evaluate(
 
     "issue_clear" counts the degradations the default model's specification calls clearly
     degraded (`quality_data.is_clearly_degraded`: blur sigma >= 3, noise std >= 25/255, JPEG quality
-    <= 10), per kind and together. `groups` (one label per image, e.g. its package) adds the clean
-    and issue_clear shares per label.
+    <= 10), per kind and together. `groups` (one label per image, e.g. its package) and `categories`
+    (one label per image, e.g. `Photo.category`: "calm" or "general") add the same figures per label
+    (`_subset_summary`: clean rated high, clearly degraded rated low, rank correlations, score range).
 
     Returns:
       a JSON-able report: per kind and severity the mean score and share rated low, accuracies
       ("clean", "degraded_clear", "overall", "balanced", "issue_clear"), MAE and Spearman
-      correlation to targets, the score range, and "per_group" when `groups` is given.
+      correlation to targets, the score range, "per_group" when `groups` is given and
+      "per_category" when `categories` is given.
     """
-    if groups is not None and len(groups) != len(images):
-        raise ValueError(f"groups has {len(groups)} labels for {len(images)} images")
+    for name, labels in (("groups", groups), ("categories", categories)):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{name} has {len(labels)} labels for {len(images)} images")
     samples: list[qd.Sample] = []
     owner: list[int] = []
     for i, image in enumerate(images):
@@ -385,17 +389,15 @@ def evaluate(
         m = issue & (base == kind)
         issue_clear[kind] = {"n": int(m.sum()), "share_low": share(m, ~high)}
     issue_clear["all"] = {"n": int(issue.sum()), "share_low": share(issue, ~high)}
-    report_groups = {}
-    if groups is not None:
-        label = np.asarray([groups[i] for i in owner])
-        for g in dict.fromkeys(groups):
-            m = label == g
-            report_groups[g] = {
-                "photos": sum(1 for x in groups if x == g),
-                "clean": share(m & clean, high),
-                "issue_clear": share(m & issue, ~high),
-                "score_range": [float(scores[m].min()), float(scores[m].max())],
-            }
+    owner = np.asarray(owner)
+
+    def per_label(labels: Sequence[str]) -> dict[str, Any]:
+        out = {}
+        for g in dict.fromkeys(labels):
+            mine = np.flatnonzero(np.asarray(labels) == g)
+            out[g] = {"photos": len(mine), **_subset_summary(np.isin(owner, mine), scores, kinds, nominal, high, issue)}
+        return out
+
     return {
         "photos": len(images),
         "views_per_photo": views,
@@ -414,7 +416,34 @@ def evaluate(
         "score_range": [float(scores.min()), float(scores.max())],
         "spearman": spearman(scores, targets),
         "per_kind": per_kind,
-        **({"per_group": report_groups} if groups is not None else {}),
+        **({"per_group": per_label(groups)} if groups is not None else {}),
+        **({"per_category": per_label(categories)} if categories is not None else {}),
+    }
+
+
+#: The kinds whose rank correlation and "clearly degraded" share the per-label summaries report.
+SUMMARY_KINDS = tuple(qd.CLEAR_PARAMETERS)
+
+
+def _subset_summary(m, scores, kinds, nominal, high, issue) -> dict[str, Any]:
+    """The headline figures of the evaluation images selected by `m` (whole photos): clean views
+    rated high, the specification's clearly degraded ones rated low (together and per kind), the
+    per-view severity-score rank correlations of `SUMMARY_KINDS` and the score range."""
+
+    def share(mask, values):
+        return float(np.mean(values[mask])) if mask.any() else float("nan")
+
+    base = np.asarray([k.removeprefix(qd.CLEAR_PREFIX) for k in kinds])
+    rank = severity_rank_correlations(scores[m], kinds[m], nominal[m])
+    return {
+        "clean": share(m & (kinds == "clean"), high),
+        "clean_jpeg90": share(m & (kinds == "clean-jpeg90"), high),
+        "issue_clear": share(m & issue, ~high),
+        "issue_clear_per_kind": {k: share(m & issue & (base == k), ~high) for k in qd.CLEAR_PARAMETERS},
+        "severity_rank": {
+            k: {"mean": rank[k]["mean"], "share_at_goal": rank[k]["share_at_goal"]} for k in SUMMARY_KINDS
+        },
+        "score_range": [float(scores[m].min()), float(scores[m].max())] if m.any() else [float("nan")] * 2,
     }
 
 
@@ -501,12 +530,23 @@ def format_report(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v['share_low']:.1%}" for k, v in issue.items() if k != "all")
             + ")"
         )
-    for g, r in report.get("per_group", {}).items():
-        lines.append(
-            f"  {g}: {r['photos']} photos, clean rated high {r['clean']:.1%}, clearly degraded rated low "
-            f"{r['issue_clear']:.1%}, scores {r['score_range'][0]:.1f} .. {r['score_range'][1]:.1f}"
-        )
+    for title, key in (("per category", "per_category"), ("per package", "per_group")):
+        if report.get(key):
+            lines.append(f"{title}:")
+            lines += [f"  {g}: {_summary_line(r)}" for g, r in report[key].items()]
     return "\n".join(lines)
+
+
+def _summary_line(r: dict[str, Any]) -> str:
+    """One label's figures (`_subset_summary`); reports written before issue 26 lack the rank part."""
+    text = f"{r['photos']} photos, clean rated high {r['clean']:.1%}, clearly degraded rated low {r['issue_clear']:.1%}"
+    per_kind = r.get("issue_clear_per_kind")
+    if per_kind:
+        text += " (" + ", ".join(f"{k} {v:.0%}" for k, v in per_kind.items()) + ")"
+    rank = r.get("severity_rank")
+    if rank:
+        text += ", rank " + " / ".join(f"{k} {v['mean']:.2f}" for k, v in rank.items())
+    return text + f", scores {r['score_range'][0]:.1f} .. {r['score_range'][1]:.1f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +578,7 @@ def _card(
             "license": p.license,
             "credit": p.credit,
             "split": p.split,
+            "category": p.category,
         }
         for p in read
     ]
@@ -707,8 +748,15 @@ def train_default_model(
     )
     wall = time.perf_counter() - start
     log(f"trained in {wall:.0f} s; evaluating on held-out photos")
-    groups = [p.package for p in photo_manifest.photos("heldout")]
-    report = evaluate(module, variables, heldout, views=config.eval_views, groups=groups)
+    listed = photo_manifest.photos("heldout")
+    report = evaluate(
+        module,
+        variables,
+        heldout,
+        views=config.eval_views,
+        groups=[p.package for p in listed],
+        categories=[p.category for p in listed],
+    )
     log(format_report(report))
     path = _write(out, variables, _card(module, config, report, wall, command), force=force)
     log(f"wrote {path}")
@@ -731,8 +779,16 @@ def evaluate_checkpoint(
         raise ValueError(f"evaluate on 'heldout' or 'unseen' photos, not {split!r}")
     model = load_quality_model(source)
     photos = _prepared(split, photo_roots, log)
-    groups = [p.package for p in photo_manifest.photos(split)]
-    return {**evaluate(model.module, model.variables, photos, views=views, groups=groups), "split": split}
+    listed = photo_manifest.photos(split)
+    report = evaluate(
+        model.module,
+        model.variables,
+        photos,
+        views=views,
+        groups=[p.package for p in listed],
+        categories=[p.category for p in listed],
+    )
+    return {**report, "split": split}
 
 
 def record_evaluation(source: str | os.PathLike, report: dict[str, Any], *, command: str = "") -> Path:
