@@ -340,19 +340,28 @@ def evaluate(
     for name, labels in (("groups", groups), ("categories", categories)):
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{name} has {len(labels)} labels for {len(images)} images")
+    # Scored as they are made, in batches that run on across photos, keeping only the scores and
+    # labels: the images of 55 photos (6600 at 384x512) would take 16 GB at once.
+    apply = jax.jit(lambda v, x: module.apply(v, x)[0])
     samples: list[qd.Sample] = []
     owner: list[int] = []
+    pending: list[np.ndarray] = []
+    scored: list[np.ndarray] = []
+
+    def flush():
+        scored.append(np.asarray(apply(variables, jnp.asarray(np.stack(pending)))))
+        pending.clear()
+
     for i, image in enumerate(images):
-        made = qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views)
-        samples += made
-        owner += [i] * len(made)
-    apply = jax.jit(lambda v, x: module.apply(v, x)[0])
-    scores = np.concatenate(
-        [
-            np.asarray(apply(variables, jnp.asarray(np.stack([s.image for s in samples[j : j + batch_size]]))))
-            for j in range(0, len(samples), batch_size)
-        ]
-    )
+        for sample in qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views):
+            pending.append(sample.image)
+            samples.append(dataclasses.replace(sample, image=None))
+            owner.append(i)
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    scores = np.concatenate(scored)
     kinds = np.asarray([s.kind for s in samples])
     sev = np.asarray([s.severity for s in samples])
     nominal = np.asarray([s.nominal for s in samples])
