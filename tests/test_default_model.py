@@ -310,6 +310,23 @@ def test_manifest():
         assert "plasma" not in p.package and "lomiri" not in p.package  # reserved for independent evaluation
 
 
+def test_install_commands_cover_the_manifest():
+    """Every package of the manifest is installed, at the manifest's version, by the commands of its
+    split: the training's packages by `INSTALL_COMMANDS`, the unseen ones by `UNSEEN_INSTALL_COMMANDS`
+    (unpacked into `UNSEEN_ROOTS`, never installed)."""
+    train = " ".join(photos.INSTALL_COMMANDS)
+    unseen = " ".join(photos.UNSEEN_INSTALL_COMMANDS)
+    for p in photos.PHOTOS:
+        pin = f"{p.package}={p.version}" if p.source == "debian" else f"{p.package}=={p.version}"
+        if p.split == "unseen":
+            assert f" {pin}" in unseen and f" {pin}" not in train, p.name
+        else:
+            assert f" {pin}" in train and p.package not in unseen, p.name
+    unpacked = [c.split()[-1] for c in photos.UNSEEN_INSTALL_COMMANDS if c.startswith("dpkg-deb -x")]
+    assert tuple(unpacked) == photos.UNSEEN_ROOTS
+    assert len(unpacked) == len({p.package for p in photos.photos("unseen")})
+
+
 def test_installed_photo_matches_manifest():
     photo = photos.by_name("skimage-astronaut")
     try:

@@ -18,9 +18,11 @@ examples:
       train (about 20 minutes on 2 CPU cores) and replace weights/default
   hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
       re-print the held-out evaluation of a checkpoint
-  hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --evaluate weights/default --split unseen
-      the same on packages the training never read (dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint, and
-      tuxtype-data_*.deb into /opt/tuxtype); --record also writes it into the checkpoint's model card
+  hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --photo-root /opt/lxqt-themes \
+      --photo-root /opt/libelementary-data --photo-root /opt/afterstep-data --evaluate weights/default --split unseen
+      the same on packages the training never read, per package and per category (calm / general); each
+      package unpacked with dpkg-deb -x into its folder (hasmap_jax.training.photos.UNSEEN_INSTALL_COMMANDS);
+      --record also writes it into the checkpoint's model card
 
 The photos come from installed packages (see hasmap_jax.training.photos); the run is seeded.
 exit status: 0 done, 2 --out exists without --force (nothing written) or another usage error.

@@ -10,10 +10,13 @@ tone, composition or content.
 
 Photos (not part of the repository; see `hasmap_jax.training.photos` for the manifest):
 
-    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 \
-        gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1
+    apt-get install --no-install-recommends mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 \
+        enlightenment-data=0.25.4-2 gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1 \
+        scribus-template=1.2.4.1-6 sddm-theme-maldives=0.19.0-5
     pip install --no-deps --target /opt/hasmap-photos \
         scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
+
+(`hasmap_jax.training.photos.INSTALL_COMMANDS`; the unseen packages: `UNSEEN_INSTALL_COMMANDS`.)
 
 Train (about 20 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
