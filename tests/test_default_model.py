@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -223,6 +224,34 @@ def test_visible_change_follows_the_detailed_part():
     assert qd.effective_severity("noise", 0.8, smooth, smooth) == 0.8  # other kinds: nominal
 
 
+def test_visible_percentile_counts_a_small_subject():
+    """Issue 26: at the 90th percentile of the blocks a sharp subject on 3 % of the view does not
+    count (its blur is labelled nearly clean), at the 99th it does; a view without detail stays capped."""
+    yy, xx = np.mgrid[:384, :512]
+    smooth = np.stack([0.3 + 0.4 * xx / 512, 0.5 + 0.0 * yy, 0.6 - 0.2 * yy / 384], -1).astype(np.float32)
+    drop = smooth.copy()
+    board = ((yy // 4 + xx // 4) % 2).astype(np.float32)[..., None]
+    region = (slice(160, 224), slice(224, 320))  # 64x96 px: 6 of the 192 32x32 blocks
+    drop[region] = 0.4 + 0.25 * board[region]
+    s = qd.severity_of("blur", 3.0)
+    blurred = qd.gaussian_blur(drop, sigma=3.0)
+    assert qd.effective_severity("blur", s, drop, blurred) < 0.2  # the default, 90th
+    assert qd.effective_severity("blur", s, drop, blurred, percentile=99.0) == s
+    flat = qd.gaussian_blur(smooth, sigma=3.0)
+    assert qd.effective_severity("blur", s, smooth, flat, percentile=99.0) < 0.2
+    # the labels of training groups follow the percentile they are given (the same draws otherwise)
+    raised = []
+    for seed in range(4):
+        view = _to_u8_view(drop)
+        at = {}
+        for q in (90.0, 99.0):
+            rng = np.random.default_rng(seed)
+            at[q] = qd.random_group(rng, view, 2, size=(384, 512), kinds=("blur",), visible_percentile=q)[1]
+        assert at[90.0].nominal == at[99.0].nominal and at[90.0].severity <= at[99.0].severity <= at[99.0].nominal
+        raised.append(at[99.0].severity - at[90.0].severity)
+    assert max(raised) > 0.2, raised
+
+
 def test_clearly_degraded_by_parameter():
     """The specification's "clearly degraded" (blur sigma >= 3, noise std >= 25/255, JPEG <= 10) by
     nominal severity, and `severity_of` inverts `parameter`."""
@@ -249,6 +278,40 @@ def test_views_and_batches():
     x3, y3 = qd.random_batch(np.random.default_rng(0), [image], 8, crop=(96, 128), group=4)
     np.testing.assert_array_equal(x2, x3)
     np.testing.assert_array_equal(y2, y3)
+
+
+def test_batches_draw_photos_by_weight():
+    """`weights` draws photos in proportion (a photo of weight 0 never); without weights the draws
+    are uniform and the same as ever (`rng.integers`)."""
+    dark, light = (np.full((400, 540, 3), v, np.uint8) for v in (40, 210))
+    x, _ = qd.random_batch(np.random.default_rng(3), [dark, light], 32, crop=(32, 40), group=4, weights=[0.0, 2.0])
+    assert (x[::4].mean(axis=(1, 2, 3)) > 0.7).all()  # every clean view is of the light photo
+    x, _ = qd.random_batch(np.random.default_rng(3), [dark, light], 32, crop=(32, 40), group=4)
+    light_views = x[::4].mean(axis=(1, 2, 3)) > 0.5
+    assert light_views.any() and not light_views.all()
+    rng = np.random.default_rng(3)
+    first = [dark, light][int(rng.integers(2))]
+    assert (x[0].mean() > 0.5) == (first is light)  # the first draw is `integers`', as before weights existed
+    for bad in ([1.0], [1.0, -1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weights"):
+            qd.random_batch(np.random.default_rng(0), [dark, light], 8, crop=(32, 40), weights=bad)
+
+
+def test_calm_weight_and_visible_percentile_settings(capsys, tmp_path):
+    from hasmap_jax.cli import main
+
+    calm = photos.Photo("c", "debian", "p", "1", "/a", "ab" * 32, "x", "y", "train", category="calm")
+    other = dataclasses.replace(calm, name="o", category="general")
+    assert tq.TrainConfig().photo_weights([calm, other]) is None  # the default: uniform, as before
+    assert tq.TrainConfig(calm_weight=3.0).photo_weights([calm, other]) == [3.0, 1.0]
+    for bad in (dict(calm_weight=0.0), dict(visible_percentile=101.0)):
+        with pytest.raises(ValueError):
+            tq.TrainConfig(**bad)
+    out = tmp_path / "m"
+    assert main(["train-quality", "--calm-weight", "-1", "--out", str(out)]) == 2
+    assert "calm_weight" in capsys.readouterr().err and not out.exists()
+    assert main(["train-quality", "--visible-percentile", "120", "--out", str(out)]) == 2
+    assert "visible_percentile" in capsys.readouterr().err and not out.exists()
 
 
 def test_groups_use_only_the_trained_kinds():

@@ -82,6 +82,20 @@ def register(subparsers) -> None:
         help="comma-separated degradations to train on (default: %(default)s); the evaluation shows all",
     )
     p.add_argument("--tone", action="store_true", help="random tone changes of the training views (tone_jitter)")
+    p.add_argument(
+        "--calm-weight",
+        type=float,
+        default=d.calm_weight,
+        help="draw each 'calm' training photo (smooth by nature) this many times as often as another "
+        "(default: %(default)s, uniform)",
+    )
+    p.add_argument(
+        "--visible-percentile",
+        type=float,
+        default=d.visible_percentile,
+        help="cap blur and resampling labels by the change at this percentile of the view's 32x32 blocks "
+        "(default: %(default)s; 99 counts a subject on 1 %% of the view)",
+    )
     p.set_defaults(func=run)
 
 
@@ -124,18 +138,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"--kinds: {e}", file=sys.stderr)
         return 2
-    config = TrainConfig(
-        seed=args.seed,
-        phases=_phases(args),
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        huber_delta=args.huber_delta,
-        pair_weight=args.pair_weight,
-        group=args.group,
-        eval_views=args.eval_views,
-        kinds=kinds,
-        tone=args.tone,
-    )
+    try:
+        config = TrainConfig(
+            seed=args.seed,
+            phases=_phases(args),
+            learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            huber_delta=args.huber_delta,
+            pair_weight=args.pair_weight,
+            group=args.group,
+            eval_views=args.eval_views,
+            kinds=kinds,
+            tone=args.tone,
+            calm_weight=args.calm_weight,
+            visible_percentile=args.visible_percentile,
+        )
+    except ValueError as e:
+        print(f"train-quality: {e}", file=sys.stderr)
+        return 2
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0

@@ -158,10 +158,13 @@ def batches(
     group: int,
     kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
+    weights: Sequence[float] | None = None,
+    visible_percentile: float = qd.VISIBLE_PERCENTILE,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training batches in order, made by a background thread (Pillow and numpy release the
-    GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them."""
+    GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them
+    (`weights`, `visible_percentile`: as `quality_data.random_batch`)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -174,7 +177,16 @@ def batches(
                         return
                     rng = np.random.default_rng([seed, i])
                     batch = qd.random_batch(
-                        rng, images, phase.batch_size, size, crop=phase.crop, group=group, kinds=kinds, tone=tone
+                        rng,
+                        images,
+                        phase.batch_size,
+                        size,
+                        crop=phase.crop,
+                        group=group,
+                        kinds=kinds,
+                        tone=tone,
+                        weights=weights,
+                        visible_percentile=visible_percentile,
                     )
                     q.put(batch)
                     i += 1
@@ -222,6 +234,8 @@ def train(
     pair_weight: float = 1.0,
     kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
+    weights: Sequence[float] | None = None,
+    visible_percentile: float = qd.VISIBLE_PERCENTILE,
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     precise_bn_batches: int = 24,
     log_every: int = 100,
@@ -230,7 +244,9 @@ def train(
     """Trains `module` on random degraded views of prepared photos (`quality_data.prepare`).
 
     After the last step the BatchNorm statistics are recomputed exactly (`precise_batch_stats`) on
-    `precise_bn_batches` batches of whole views, drawn with their own seeds.
+    `precise_bn_batches` batches of whole views, drawn with their own seeds. `weights` (one per image)
+    draws photos in proportion to them instead of uniformly; `visible_percentile` sets the blur and
+    resampling labels' cap (`quality_data.effective_severity`).
 
     Returns:
       {"params": ..., "batch_stats": ...}, ready for `module.apply` and `checkpoint.save`.
@@ -243,7 +259,17 @@ def train(
     start = time.perf_counter()
     window: list[dict[str, float]] = []
     last_shape = None
-    data = batches(images, seed=seed, phases=phases, size=size, group=group, kinds=kinds, tone=tone)
+    data = batches(
+        images,
+        seed=seed,
+        phases=phases,
+        size=size,
+        group=group,
+        kinds=kinds,
+        tone=tone,
+        weights=weights,
+        visible_percentile=visible_percentile,
+    )
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
         window.append({k: float(v) for k, v in metrics.items()})
@@ -265,7 +291,17 @@ def train(
 
         def stats_batch(k: int) -> np.ndarray:
             rng = np.random.default_rng([seed, 10**9 + k])
-            return qd.random_batch(rng, images, full, size, group=group, kinds=kinds, tone=tone)[0]
+            return qd.random_batch(
+                rng,
+                images,
+                full,
+                size,
+                group=group,
+                kinds=kinds,
+                tone=tone,
+                weights=weights,
+                visible_percentile=visible_percentile,
+            )[0]
 
         stats_data = (stats_batch(k) for k in range(precise_bn_batches))
         variables = precise_batch_stats(module, variables, stats_data)
@@ -652,6 +688,11 @@ def _card(
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
             "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
             "of distinct trained kinds at uniform severities",
+            "photo_draws": "uniform"
+            if config.calm_weight == 1.0
+            else f"calm photos weighted {config.calm_weight:g}, the others 1",
+            "content_cap": "blur and resampling severity capped by the RMS change at the "
+            f"{config.visible_percentile:g}th percentile of {qd.VISIBLE_BLOCK}x{qd.VISIBLE_BLOCK} blocks",
         },
         "target_mapping": {
             "formula": f"score = {qd.CLEAN_SCORE:g} - {qd.CLEAN_SCORE - qd.WORST_SCORE:g} * severity",
@@ -707,6 +748,21 @@ class TrainConfig:
     eval_views: int = 3  # views per held-out photo in the evaluation
     kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
     tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
+    calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
+    visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
+
+    def __post_init__(self):
+        if not self.calm_weight > 0:
+            raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
+        if not 0.0 <= self.visible_percentile <= 100.0:
+            raise ValueError(f"visible_percentile must be in [0, 100], got {self.visible_percentile}")
+
+    def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
+        """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
+        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
+        if self.calm_weight == 1.0:
+            return None
+        return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
 
 
 def train_default_model(
@@ -741,6 +797,10 @@ def train_default_model(
         raise FileExistsError(f"{out} exists; pass --force to replace it (nothing was written)")
     heldout = _prepared("heldout", photo_roots, log)
     train_images = _prepared("train", photo_roots, log)
+    weights = config.photo_weights(photo_manifest.photos("train"))
+    if weights is not None:
+        calm = sum(w for w, p in zip(weights, photo_manifest.photos("train"), strict=True) if p.category == "calm")
+        log(f"calm photos drawn with weight {config.calm_weight:g}: {calm / sum(weights):.0%} of the draws")
     module = make_model()
     start = time.perf_counter()
     variables = train(
@@ -756,6 +816,8 @@ def train_default_model(
         pair_weight=config.pair_weight,
         kinds=config.kinds,
         tone=config.tone,
+        weights=weights,
+        visible_percentile=config.visible_percentile,
         log=log,
     )
     wall = time.perf_counter() - start
