@@ -29,7 +29,9 @@ changes little. Their severity is therefore capped by the change they actually m
 32x32 block at the 90th percentile (the subject of a bokeh photo counts, its background does not),
 mapped so that it matches the nominal severity on detailed photos (RMS 0.015 <-> s = 0.2,
 0.05 <-> s = 0.6, geometric in between). Other kinds are visible whatever the content and keep
-their nominal severity.
+their nominal severity. At the 90th percentile a subject on less than a tenth of the view does not
+count (a water drop, a kite in the sky): training can take another percentile (`visible_percentile`,
+`hasmap train-quality --visible-percentile`; issue 26), the evaluation keeps the 90th.
 
 The target score is linear in (effective) severity, `target = 80 - 60 * s`: a clean photo scores 80
 (KonIQ-10k rates good photos about 70-85), s = 0.2 ("barely visible") 68 and s = 0.4 56 stay "high", s = 0.5
