@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     print(f"command  : {' '.join(sys.argv)}", flush=True)
     capped = qd.effective_severity
     if args.nominal_labels:
-        qd.effective_severity = lambda kind, severity, clean, degraded: float(severity)
+        qd.effective_severity = lambda kind, severity, clean, degraded, **_: float(severity)
     config = tq.TrainConfig()
     start = time.perf_counter()
     train_images = tq._prepared("train", args.photo_root, print)

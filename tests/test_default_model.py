@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -93,6 +94,13 @@ def test_default_card(model):
     assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
     assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tq.RANK_GOAL for k in ("blur", "noise", "jpeg"))
     assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
+    # issue 26: the same in every category of photo, calm ones (smooth by nature) apart
+    assert set(unseen["per_category"]) == set(photos.CATEGORIES)
+    for category, r in unseen["per_category"].items():
+        assert r["photos"] == len(photos.photos("unseen", category=category)), category
+        assert r["clean"] >= 0.95 and r["issue_clear"] >= 0.95, (category, r)
+        assert all(v["mean"] <= tq.RANK_GOAL for v in r["severity_rank"].values()), (category, r["severity_rank"])
+        assert 0.0 <= r["score_range"][0] < r["score_range"][1] <= 100.0, category
 
 
 def test_default_scores_stay_on_the_scale(model):
@@ -216,6 +224,34 @@ def test_visible_change_follows_the_detailed_part():
     assert qd.effective_severity("noise", 0.8, smooth, smooth) == 0.8  # other kinds: nominal
 
 
+def test_visible_percentile_counts_a_small_subject():
+    """Issue 26: at the 90th percentile of the blocks a sharp subject on 3 % of the view does not
+    count (its blur is labelled nearly clean), at the 99th it does; a view without detail stays capped."""
+    yy, xx = np.mgrid[:384, :512]
+    smooth = np.stack([0.3 + 0.4 * xx / 512, 0.5 + 0.0 * yy, 0.6 - 0.2 * yy / 384], -1).astype(np.float32)
+    drop = smooth.copy()
+    board = ((yy // 4 + xx // 4) % 2).astype(np.float32)[..., None]
+    region = (slice(160, 224), slice(224, 320))  # 64x96 px: 6 of the 192 32x32 blocks
+    drop[region] = 0.4 + 0.25 * board[region]
+    s = qd.severity_of("blur", 3.0)
+    blurred = qd.gaussian_blur(drop, sigma=3.0)
+    assert qd.effective_severity("blur", s, drop, blurred) < 0.2  # the default, 90th
+    assert qd.effective_severity("blur", s, drop, blurred, percentile=99.0) == s
+    flat = qd.gaussian_blur(smooth, sigma=3.0)
+    assert qd.effective_severity("blur", s, smooth, flat, percentile=99.0) < 0.2
+    # the labels of training groups follow the percentile they are given (the same draws otherwise)
+    raised = []
+    for seed in range(4):
+        view = _to_u8_view(drop)
+        at = {}
+        for q in (90.0, 99.0):
+            rng = np.random.default_rng(seed)
+            at[q] = qd.random_group(rng, view, 2, size=(384, 512), kinds=("blur",), visible_percentile=q)[1]
+        assert at[90.0].nominal == at[99.0].nominal and at[90.0].severity <= at[99.0].severity <= at[99.0].nominal
+        raised.append(at[99.0].severity - at[90.0].severity)
+    assert max(raised) > 0.2, raised
+
+
 def test_clearly_degraded_by_parameter():
     """The specification's "clearly degraded" (blur sigma >= 3, noise std >= 25/255, JPEG <= 10) by
     nominal severity, and `severity_of` inverts `parameter`."""
@@ -242,6 +278,40 @@ def test_views_and_batches():
     x3, y3 = qd.random_batch(np.random.default_rng(0), [image], 8, crop=(96, 128), group=4)
     np.testing.assert_array_equal(x2, x3)
     np.testing.assert_array_equal(y2, y3)
+
+
+def test_batches_draw_photos_by_weight():
+    """`weights` draws photos in proportion (a photo of weight 0 never); without weights the draws
+    are uniform and the same as ever (`rng.integers`)."""
+    dark, light = (np.full((400, 540, 3), v, np.uint8) for v in (40, 210))
+    x, _ = qd.random_batch(np.random.default_rng(3), [dark, light], 32, crop=(32, 40), group=4, weights=[0.0, 2.0])
+    assert (x[::4].mean(axis=(1, 2, 3)) > 0.7).all()  # every clean view is of the light photo
+    x, _ = qd.random_batch(np.random.default_rng(3), [dark, light], 32, crop=(32, 40), group=4)
+    light_views = x[::4].mean(axis=(1, 2, 3)) > 0.5
+    assert light_views.any() and not light_views.all()
+    rng = np.random.default_rng(3)
+    first = [dark, light][int(rng.integers(2))]
+    assert (x[0].mean() > 0.5) == (first is light)  # the first draw is `integers`', as before weights existed
+    for bad in ([1.0], [1.0, -1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weights"):
+            qd.random_batch(np.random.default_rng(0), [dark, light], 8, crop=(32, 40), weights=bad)
+
+
+def test_calm_weight_and_visible_percentile_settings(capsys, tmp_path):
+    from hasmap_jax.cli import main
+
+    calm = photos.Photo("c", "debian", "p", "1", "/a", "ab" * 32, "x", "y", "train", category="calm")
+    other = dataclasses.replace(calm, name="o", category="general")
+    assert tq.TrainConfig().photo_weights([calm, other]) is None  # the default: uniform, as before
+    assert tq.TrainConfig(calm_weight=3.0).photo_weights([calm, other]) == [3.0, 1.0]
+    for bad in (dict(calm_weight=0.0), dict(visible_percentile=101.0)):
+        with pytest.raises(ValueError):
+            tq.TrainConfig(**bad)
+    out = tmp_path / "m"
+    assert main(["train-quality", "--calm-weight", "-1", "--out", str(out)]) == 2
+    assert "calm_weight" in capsys.readouterr().err and not out.exists()
+    assert main(["train-quality", "--visible-percentile", "120", "--out", str(out)]) == 2
+    assert "visible_percentile" in capsys.readouterr().err and not out.exists()
 
 
 def test_groups_use_only_the_trained_kinds():
@@ -301,6 +371,23 @@ def test_manifest():
     for p in photos.PHOTOS:
         assert p.source in ("debian", "pypi") and re.fullmatch(r"[0-9a-f]{64}", p.sha256)
         assert "plasma" not in p.package and "lomiri" not in p.package  # reserved for independent evaluation
+
+
+def test_install_commands_cover_the_manifest():
+    """Every package of the manifest is installed, at the manifest's version, by the commands of its
+    split: the training's packages by `INSTALL_COMMANDS`, the unseen ones by `UNSEEN_INSTALL_COMMANDS`
+    (unpacked into `UNSEEN_ROOTS`, never installed)."""
+    train = " ".join(photos.INSTALL_COMMANDS)
+    unseen = " ".join(photos.UNSEEN_INSTALL_COMMANDS)
+    for p in photos.PHOTOS:
+        pin = f"{p.package}={p.version}" if p.source == "debian" else f"{p.package}=={p.version}"
+        if p.split == "unseen":
+            assert f" {pin}" in unseen and f" {pin}" not in train, p.name
+        else:
+            assert f" {pin}" in train and p.package not in unseen, p.name
+    unpacked = [c.split()[-1] for c in photos.UNSEEN_INSTALL_COMMANDS if c.startswith("dpkg-deb -x")]
+    assert tuple(unpacked) == photos.UNSEEN_ROOTS
+    assert len(unpacked) == len({p.package for p in photos.photos("unseen")})
 
 
 def test_installed_photo_matches_manifest():
@@ -450,6 +537,14 @@ def test_manifest_toml_is_shipped_and_loads():
         photos.by_name("no-such-photo")
     with pytest.raises(ValueError, match="unknown split"):
         photos.photos("test")
+    with pytest.raises(ValueError, match="unknown category"):
+        photos.photos(category="foggy")
+    # issue 26: the unseen packages include a category of calm photos (smooth by nature), at least 15,
+    # and no photo whose licence is unclear is trained on
+    calm = photos.photos("unseen", category="calm")
+    assert len(calm) >= 15 and set(calm) < set(photos.photos("unseen"))
+    assert set(photos.photos(category="calm")) | set(photos.photos(category="general")) == set(parsed)
+    assert not [p.name for p in photos.photos("train") if p.license.startswith(photos.UNCLEAR_PREFIX)]
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"hasmap_jax\.training" = \[[^\]]*"\*\.toml"', pyproject), "photos.toml must be package data"
 
@@ -462,6 +557,10 @@ def test_manifest_parser_accepts_a_good_entry(tmp_path):
         "a", "pypi", "scikit-image", "0.26.0", "skimage/data/astronaut.png", "ab" * 32, "public domain", "NASA", "train"
     )
     assert b.name == "b" and b.split == "heldout" and b.offset == 12
+    assert a.category == photos.DEFAULT_CATEGORY == "general"  # category is optional
+    unclear = _entry(name='"d"', package='"tuxtype-data"', split='"unseen"', license='"unclear: x"')
+    c, d = photos.parse_photos(_entry(category='"calm"') + unclear)
+    assert c.category == "calm" and d.license == "unclear: x" and d.category == "general"
 
 
 @pytest.mark.parametrize(
@@ -479,6 +578,9 @@ def test_manifest_parser_accepts_a_good_entry(tmp_path):
         (dict(offset='"7328"'), "offset"),
         (dict(package='"plasma-workspace-wallpapers"'), "independent evaluation"),
         (dict(package='"lomiri-wallpapers-legacy"'), "independent evaluation"),
+        (dict(category='"foggy"'), "unknown category 'foggy'"),
+        (dict(category="1"), "unknown category"),
+        (dict(license='"unclear: package-wide only"'), "never trained on"),  # split "train"
     ],
 )
 def test_manifest_parser_names_the_broken_entry(tmp_path, changes, message):
@@ -545,9 +647,43 @@ def test_evaluate_reports_rank_correlation_and_score_range():
     assert set(report["per_group"]) == {"a", "b"} and report["per_group"]["a"]["photos"] == 1
     text = tq.format_report(report)
     assert "rank correlation per view" in text and "blur -1.00" in text
-    assert "blur sigma >= 3" in text and "  a: 1 photos" in text
+    assert "blur sigma >= 3" in text and "  a: 1 photos" in text and "per package:" in text
+    assert "per_category" not in report and "per category" not in text  # only when categories are given
     with pytest.raises(ValueError, match="groups"):
         tq.evaluate(Sharpness(), {}, [photo], views=1, groups=["a", "b"])
+
+
+def test_evaluate_reports_each_category_as_its_own_evaluation():
+    """Per category (issue 26: calm photos apart): the figures of a category are those of evaluating
+    its photos alone, and a model that rates smooth photos low shows it there, not in the other."""
+
+    class Sharpness:
+        def apply(self, variables, x):
+            dx = jnp.abs(jnp.diff(x, axis=2)).mean(axis=(1, 2, 3))
+            return (jnp.clip(3000.0 * dx, 0.0, 100.0),)
+
+    yy, xx = np.mgrid[:420, :600]
+    calm = np.stack([60 + 120 * xx / 600, 120 + 0 * yy, 200 - 80 * yy / 420], -1).astype(np.uint8)  # a smooth sky
+    detailed = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
+    report = tq.evaluate(Sharpness(), {}, [calm, detailed], views=1, groups=["p", "q"], categories=["calm", "general"])
+    alone = tq.evaluate(Sharpness(), {}, [calm], views=1)  # the calm photo first: the same samples
+    per = report["per_category"]
+    assert set(per) == {"calm", "general"} and per["calm"]["photos"] == per["general"]["photos"] == 1
+    assert per["calm"]["clean"] == alone["accuracy"]["clean"] == 0.0 and per["general"]["clean"] == 1.0
+    assert per["calm"]["issue_clear"] == alone["accuracy"]["issue_clear"]
+    assert per["calm"]["score_range"] == alone["score_range"]
+    for kind in tq.SUMMARY_KINDS:
+        assert per["calm"]["severity_rank"][kind]["mean"] == pytest.approx(
+            alone["per_kind"][kind]["severity_rank"]["mean"], nan_ok=True
+        )
+        assert per["calm"]["issue_clear_per_kind"][kind] == alone["issue_clear"][kind]["share_low"]
+    assert per["general"]["severity_rank"]["blur"]["mean"] == pytest.approx(-1.0)
+    np.testing.assert_equal(report["per_group"]["p"], per["calm"])  # one photo per package: the same figures
+    text = tq.format_report(report)
+    assert "per category:" in text and "  calm: 1 photos, clean rated high 0.0%" in text
+    assert "per package:" in text and "rank blur" in text
+    with pytest.raises(ValueError, match="categories"):
+        tq.evaluate(Sharpness(), {}, [calm], views=1, categories=["calm", "general"])
 
 
 def test_evaluation_adds_the_clear_samples_without_moving_the_others():

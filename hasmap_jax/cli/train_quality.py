@@ -18,9 +18,11 @@ examples:
       train (about 20 minutes on 2 CPU cores) and replace weights/default
   hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
       re-print the held-out evaluation of a checkpoint
-  hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --evaluate weights/default --split unseen
-      the same on packages the training never read (dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint, and
-      tuxtype-data_*.deb into /opt/tuxtype); --record also writes it into the checkpoint's model card
+  hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --photo-root /opt/lxqt-themes \
+      --photo-root /opt/libelementary-data --photo-root /opt/afterstep-data --evaluate weights/default --split unseen
+      the same on packages the training never read, per package and per category (calm / general); each
+      package unpacked with dpkg-deb -x into its folder (hasmap_jax.training.photos.UNSEEN_INSTALL_COMMANDS);
+      --record also writes it into the checkpoint's model card
 
 The photos come from installed packages (see hasmap_jax.training.photos); the run is seeded.
 exit status: 0 done, 2 --out exists without --force (nothing written) or another usage error.
@@ -80,6 +82,20 @@ def register(subparsers) -> None:
         help="comma-separated degradations to train on (default: %(default)s); the evaluation shows all",
     )
     p.add_argument("--tone", action="store_true", help="random tone changes of the training views (tone_jitter)")
+    p.add_argument(
+        "--calm-weight",
+        type=float,
+        default=d.calm_weight,
+        help="draw each 'calm' training photo (smooth by nature) this many times as often as another "
+        "(default: %(default)s, uniform)",
+    )
+    p.add_argument(
+        "--visible-percentile",
+        type=float,
+        default=d.visible_percentile,
+        help="cap blur and resampling labels by the change at this percentile of the view's 32x32 blocks "
+        "(default: %(default)s; 99 counts a subject on 1 %% of the view)",
+    )
     p.set_defaults(func=run)
 
 
@@ -122,18 +138,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"--kinds: {e}", file=sys.stderr)
         return 2
-    config = TrainConfig(
-        seed=args.seed,
-        phases=_phases(args),
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        huber_delta=args.huber_delta,
-        pair_weight=args.pair_weight,
-        group=args.group,
-        eval_views=args.eval_views,
-        kinds=kinds,
-        tone=args.tone,
-    )
+    try:
+        config = TrainConfig(
+            seed=args.seed,
+            phases=_phases(args),
+            learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            huber_delta=args.huber_delta,
+            pair_weight=args.pair_weight,
+            group=args.group,
+            eval_views=args.eval_views,
+            kinds=kinds,
+            tone=args.tone,
+            calm_weight=args.calm_weight,
+            visible_percentile=args.visible_percentile,
+        )
+    except ValueError as e:
+        print(f"train-quality: {e}", file=sys.stderr)
+        return 2
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0

@@ -29,7 +29,9 @@ changes little. Their severity is therefore capped by the change they actually m
 32x32 block at the 90th percentile (the subject of a bokeh photo counts, its background does not),
 mapped so that it matches the nominal severity on detailed photos (RMS 0.015 <-> s = 0.2,
 0.05 <-> s = 0.6, geometric in between). Other kinds are visible whatever the content and keep
-their nominal severity.
+their nominal severity. At the 90th percentile a subject on less than a tenth of the view does not
+count (a water drop, a kite in the sky): training can take another percentile (`visible_percentile`,
+`hasmap train-quality --visible-percentile`; issue 26), the evaluation keeps the 90th.
 
 The target score is linear in (effective) severity, `target = 80 - 60 * s`: a clean photo scores 80
 (KonIQ-10k rates good photos about 70-85), s = 0.2 ("barely visible") 68 and s = 0.4 56 stay "high", s = 0.5
@@ -305,32 +307,38 @@ VISIBLE_BLOCK = 32
 VISIBLE_PERCENTILE = 90.0
 
 
-def visible_change(clean: np.ndarray, degraded: np.ndarray, *, block: int = VISIBLE_BLOCK) -> float:
+def visible_change(
+    clean: np.ndarray, degraded: np.ndarray, *, block: int = VISIBLE_BLOCK, percentile: float = VISIBLE_PERCENTILE
+) -> float:
     """How much a degradation changes a photo where it changes it most: the RMS difference (float
-    [0, 1] images, averaged over channels) in `block` x `block` blocks, at the `VISIBLE_PERCENTILE`
+    [0, 1] images, averaged over channels) in `block` x `block` blocks, at the `percentile`
     percentile of the blocks. A view smaller than a block is one block; edge remainders are left out.
 
     A global RMS would call a blur of a bokeh photo invisible (its smooth background outweighs the
-    sharp subject); the percentile follows the part of the photo a viewer looks at.
+    sharp subject); the percentile follows the part of the photo a viewer looks at. At the default
+    90th a subject on less than a tenth of the view (a water drop, a thin horizon) does not count;
+    the 99th counts it (issue 26: `hasmap train-quality --visible-percentile`).
     """
     d = np.mean(np.square(np.asarray(degraded, np.float32) - np.asarray(clean, np.float32)), axis=-1)
     h, w = d.shape
     bh, bw = min(block, h), min(block, w)
     d = d[: h - h % bh, : w - w % bw]
     blocks = d.reshape(d.shape[0] // bh, bh, d.shape[1] // bw, bw).mean(axis=(1, 3))
-    return float(np.sqrt(np.percentile(blocks, VISIBLE_PERCENTILE)))
+    return float(np.sqrt(np.percentile(blocks, percentile)))
 
 
-def effective_severity(kind: str, severity: float, clean: np.ndarray, degraded: np.ndarray) -> float:
+def effective_severity(
+    kind: str, severity: float, clean: np.ndarray, degraded: np.ndarray, *, percentile: float = VISIBLE_PERCENTILE
+) -> float:
     """`severity`, capped for blur and resampling by how visible the change is on this photo.
 
     Returns min(severity, s_visible) with s_visible = 0.2 + 0.4 * log(rms / 0.015) / log(0.05 / 0.015),
-    rms = `visible_change(clean, degraded)` (float [0, 1] images); other kinds return `severity`
-    unchanged.
+    rms = `visible_change(clean, degraded, percentile=percentile)` (float [0, 1] images); other kinds
+    return `severity` unchanged.
     """
     if kind not in CONTENT_DEPENDENT:
         return float(severity)
-    rms = visible_change(clean, degraded)
+    rms = visible_change(clean, degraded, percentile=percentile)
     visible = 0.2 + 0.4 * math.log(max(rms, 1e-6) / _RMS_AT[0]) / math.log(_RMS_AT[1] / _RMS_AT[0])
     return float(min(severity, max(0.0, visible)))
 
@@ -407,10 +415,12 @@ def random_group(
     crop: tuple[int, int] | None = None,
     kinds: Sequence[str] = KINDS,
     tone: bool = False,
+    visible_percentile: float = VISIBLE_PERCENTILE,
 ) -> list[Sample]:
     """`n` versions of one random view: clean (with imperceptible processing), then `n - 1`
     degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities. With `tone`, the
-    view's tone is first changed at random (`tone_jitter`), for all `n` versions alike.
+    view's tone is first changed at random (`tone_jitter`), for all `n` versions alike. Blur and
+    resampling labels are capped at the `visible_percentile` of the blocks (`effective_severity`).
 
     Showing the same content clean and degraded in one batch makes the gradient compare
     degradations rather than photos (content varies far more between photos than any degradation);
@@ -432,13 +442,15 @@ def random_group(
         picks = rng.integers(len(kinds), size=n - 1)
     for k in picks:
         kind, s = kinds[int(k)], float(rng.uniform(0.0, 1.0))
-        out.append(_degraded_sample(rng, x, kind, s))
+        out.append(_degraded_sample(rng, x, kind, s, percentile=visible_percentile))
     return out
 
 
-def _degraded_sample(rng: np.random.Generator, x: np.ndarray, kind: str, severity: float) -> Sample:
+def _degraded_sample(
+    rng: np.random.Generator, x: np.ndarray, kind: str, severity: float, *, percentile: float = VISIBLE_PERCENTILE
+) -> Sample:
     y = degrade(rng, x, kind=kind, severity=severity)
-    s = effective_severity(kind, severity, x, y)
+    s = effective_severity(kind, severity, x, y, percentile=percentile)
     return Sample(y, float(target_score(s)), kind, s, severity)
 
 
@@ -452,20 +464,32 @@ def random_batch(
     group: int = 4,
     kinds: Sequence[str] = KINDS,
     tone: bool = False,
+    weights: Sequence[float] | None = None,
+    visible_percentile: float = VISIBLE_PERCENTILE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`batch_size // group` photos drawn uniformly with replacement, `group` versions of a random
-    view of each (`random_group`: one clean, the rest degraded by distinct `kinds`; `tone`: with
-    `tone_jitter`).
+    """`batch_size // group` photos drawn with replacement, uniformly or in proportion to `weights`
+    (one non-negative number per image), `group` versions of a random view of each (`random_group`:
+    one clean, the rest degraded by distinct `kinds`; `tone`: with `tone_jitter`;
+    `visible_percentile`: the blur and resampling labels' cap).
 
     Returns:
       images (B, H, W, 3) (or (B, *crop, 3)) float32 in [0, 1] and target scores (B,) float32.
     """
     if batch_size % group:
         raise ValueError(f"batch_size {batch_size} must be a multiple of group {group}")
+    p = None
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        if w.shape != (len(images),) or (w < 0).any() or not w.sum() > 0:
+            raise ValueError(f"weights must be {len(images)} non-negative numbers, not all 0; got {weights}")
+        p = w / w.sum()
     samples = []
     for _ in range(batch_size // group):
-        image = images[int(rng.integers(len(images)))]
-        samples += random_group(rng, image, group, size, crop=crop, kinds=kinds, tone=tone)
+        # uniform draws keep `integers`, so that runs without weights draw as they always have
+        i = int(rng.integers(len(images))) if p is None else int(rng.choice(len(images), p=p))
+        samples += random_group(
+            rng, images[i], group, size, crop=crop, kinds=kinds, tone=tone, visible_percentile=visible_percentile
+        )
     return np.stack([s.image for s in samples]), np.asarray([s.target for s in samples], np.float32)
 
 

@@ -3,17 +3,20 @@
 Every photo is read from a package installed with its ordinary client; nothing is downloaded and
 the photos themselves are not part of this repository. Install them with:
 
-    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 \
-        gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1
+    apt-get install --no-install-recommends mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 \
+        enlightenment-data=0.25.4-2 gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1 \
+        scribus-template=1.2.4.1-6 sddm-theme-maldives=0.19.0-5
     pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
 
-(or install the Python packages into the environment itself). The sha256 of each file pins the
-exact data set; `hasmap_jax.training.data.load_photo` refuses a file that differs.
+(or install the Python packages into the environment itself; `INSTALL_COMMANDS` holds these, and
+`UNSEEN_INSTALL_COMMANDS` the commands that unpack the unseen packages, one folder each). The
+sha256 of each file pins the exact data set; `hasmap_jax.training.data.load_photo` refuses a file that differs.
 
 Selection. All colour photographs of natural scenes at least 512x384 pixels found in these packages,
 except: MATE `Storm.jpg` (deliberate motion blur over half the frame) and `Wood.jpg` (washed out,
-low contrast), Enlightenment `Foggy-Trees`, `Mountain` and `Peaks` (dimmed to near black), which
-would contradict the "blur / low contrast / dark = degraded" labels of the first recipes; Enlightenment `Dunes`,
+low contrast), Enlightenment `Foggy-Trees` and `Peaks` (dimmed to near black; `Mountain`, dark by
+nature, was left out with them for the "dark = degraded" labels of the first recipes and is now
+trained on); Enlightenment `Dunes`,
 `Flat-Fan`, `Sunset-Hills` (illustrations), `Paper-Flower`, `Flat-Stone-Pattern` (textures);
 scikit-image `chelsea` (451x300, too small), `motorcycle_*` (no licence stated), `hubble_deep_field`,
 `retina`, `ihc` (not natural photographs) and the greyscale images. The KDE Plasma and Lomiri
@@ -22,14 +25,23 @@ Added later (the survey in `weights/photo_survey.md`): Debian `gcompris-qt-data`
 whose licence the package states per file or per folder (world animals with Wikimedia credits, farm
 animals, world music), PyPI `imgaug`'s quokka and Debian `digikam-data`'s about-page photograph;
 the gcompris photos whose licence is unclear (`erase`, monuments, five world animals) are not used.
+Added for issue 26 (calm photos; the survey's round 3): Debian `scribus-template`'s photographs
+(public domain), `sddm-theme-maldives`' background (CC-BY-3.0) and Enlightenment's `Mountain` for
+training; Debian `lxqt-themes`, `libelementary-data` and `afterstep-data` as unseen packages.
+
+Category. Each photo is "calm" (smooth by nature: `CATEGORIES`) or "general"; the evaluation reports
+each category apart, so that a model that rates smooth photos low shows it.
 
 Split. By photo, never by crop: within each package, `round(0.3 * n)` photos were drawn as held out
 with `numpy.random.default_rng(20240)` (packages in the order below, one permutation each); the
 held-out photos are never seen in training (the packages added later: `default_rng(20241)`). The
 shipped examples in `examples/` are held-out photos. Split "unseen": whole packages the training
-reads nothing from (Debian `tuxpaint-data`'s photographic templates and `tuxtype-data`'s landscapes),
-so an evaluation on them also measures photos of another source, camera and processing. The
-tuxtype photos' licence is unclear; they are only scored, never trained on or shipped.
+reads nothing from (Debian `tuxpaint-data`'s photographic templates, `tuxtype-data`'s landscapes,
+`lxqt-themes`' photographic wallpapers, `libelementary-data`'s test photos, `afterstep-data`'s rose),
+so an evaluation on them also measures photos of another source, camera and processing. A photo
+whose licence starts "unclear:" (tuxtype's, libelementary's, afterstep's, three of lxqt's) is only
+scored, never trained on or shipped; the parser refuses one in "train". New photos of the
+training's packages were split among themselves with `default_rng(20262)`.
 
 Licences as stated by each package (Debian `/usr/share/doc/PACKAGE/copyright`, the palapeli
 `.desktop` files, scikit-image's `skimage/data/_fetchers.py` docstrings, scikit-learn's
@@ -52,12 +64,29 @@ from importlib import resources
 from typing import Any
 
 #: The commands that install every photo of the manifest's train and heldout splits (DIR: any
-#: folder, passed to the trainer as a photo root).
+#: folder, passed to the trainer as a photo root). Recommends are left out: sddm-theme-maldives
+#: would bring a display manager, scribus-template Scribus.
 INSTALL_COMMANDS = (
-    "apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 "
-    "gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1",
+    "apt-get install --no-install-recommends mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 "
+    "enlightenment-data=0.25.4-2 gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1 scribus-template=1.2.4.1-6 "
+    "sddm-theme-maldives=0.19.0-5",
     "pip install --no-deps --target DIR scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0",
 )
+
+#: The commands that unpack the packages of the "unseen" split, each into its own folder (one
+#: `--photo-root` each), without installing them: they are evaluation data only.
+UNSEEN_INSTALL_COMMANDS = (
+    "apt-get download tuxpaint-data=1:0.9.28-sdl2-1 tuxtype-data=1.8.3-5.1 lxqt-themes=1.2.0-1 "
+    "libelementary-data=1.26.3-1 afterstep-data=2.2.12-15",
+    "dpkg-deb -x tuxpaint-data_*.deb /opt/tuxpaint",
+    "dpkg-deb -x tuxtype-data_*.deb /opt/tuxtype",
+    "dpkg-deb -x lxqt-themes_*.deb /opt/lxqt-themes",
+    "dpkg-deb -x libelementary-data_*.deb /opt/libelementary-data",
+    "dpkg-deb -x afterstep-data_*.deb /opt/afterstep-data",
+)
+
+#: The folders `UNSEEN_INSTALL_COMMANDS` unpack into, in order: the `--photo-root`s of an unseen evaluation.
+UNSEEN_ROOTS = ("/opt/tuxpaint", "/opt/tuxtype", "/opt/lxqt-themes", "/opt/libelementary-data", "/opt/afterstep-data")
 
 #: The manifest file, in this package.
 MANIFEST_NAME = "photos.toml"
@@ -65,6 +94,17 @@ MANIFEST_NAME = "photos.toml"
 #: "unseen": photos of packages the training reads nothing from (whole packages held out).
 SPLITS = ("train", "heldout", "unseen")
 SOURCES = ("debian", "pypi")
+
+#: What a photo shows, for evaluation per category. "calm": most of the frame is smooth by nature
+#: (a large clear or softly clouded sky, still water, fog, haze or steam, a long exposure, dusk or
+#: night, a small subject on a plain or out-of-focus background, one strong colour), the photos a
+#: detail-based quality model can take for blurred; "general": every other photo (the default).
+CATEGORIES = ("general", "calm")
+DEFAULT_CATEGORY = "general"
+
+#: A licence that starts with this is not established from the package (only a package-wide
+#: fallback, or a conflicting statement): such a photo may be scored, never trained on.
+UNCLEAR_PREFIX = "unclear:"
 
 #: Debian packages kept out of training and tuning (reserved for independent evaluation): exact
 #: names, and prefixes (`lomiri-wallpapers`, `lomiri-wallpapers-*`).
@@ -91,6 +131,7 @@ class Photo:
       license, credit: the photo's licence and author as the package states them.
       split: "train", "heldout" or "unseen" (a package held out whole, evaluation only).
       offset: for a container file (.edj, .rcc), the byte offset of the embedded image; None for an image file.
+      category: one of `CATEGORIES` ("calm": smooth by nature; "general", the default: the rest).
     """
 
     name: str
@@ -103,6 +144,7 @@ class Photo:
     credit: str
     split: str
     offset: int | None = None
+    category: str = DEFAULT_CATEGORY
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Photo))
@@ -136,6 +178,13 @@ def _entry(index: int, raw: Any) -> Photo:
         raise ManifestError(f"{label}: sha256 must be 64 lowercase hex digits, got {raw['sha256']!r}")
     if raw["split"] not in SPLITS:
         raise ManifestError(f"{label}: unknown split {raw['split']!r}; expected one of {SPLITS}")
+    if "category" in raw and raw["category"] not in CATEGORIES:
+        raise ManifestError(f"{label}: unknown category {raw['category']!r}; expected one of {CATEGORIES}")
+    if raw["split"] == "train" and raw["license"].startswith(UNCLEAR_PREFIX):
+        raise ManifestError(
+            f"{label}: split 'train' with a licence that starts {UNCLEAR_PREFIX!r}; such a photo is scored, never "
+            "trained on"
+        )
     if raw["source"] not in SOURCES:
         raise ManifestError(f"{label}: unknown source {raw['source']!r}; expected one of {SOURCES}")
     if is_excluded_package(raw["package"]):
@@ -212,11 +261,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def photos(split: str | None = None) -> tuple[Photo, ...]:
-    """The photos of one split ("train", "heldout" or "unseen"), or all of them."""
+def photos(split: str | None = None, *, category: str | None = None) -> tuple[Photo, ...]:
+    """The photos of one split ("train", "heldout" or "unseen") and/or one category, or all of them."""
     if split not in (None, *SPLITS):
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} or None")
-    return tuple(p for p in _manifest() if split is None or p.split == split)
+    if category not in (None, *CATEGORIES):
+        raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES} or None")
+    return tuple(
+        p for p in _manifest() if (split is None or p.split == split) and (category is None or p.category == category)
+    )
 
 
 def by_name(name: str) -> Photo:

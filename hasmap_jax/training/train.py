@@ -10,10 +10,13 @@ tone, composition or content.
 
 Photos (not part of the repository; see `hasmap_jax.training.photos` for the manifest):
 
-    apt-get install mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 enlightenment-data=0.25.4-2 \
-        gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1
+    apt-get install --no-install-recommends mate-backgrounds=1.26.0-1 palapeli-data=4:22.12.3-1 \
+        enlightenment-data=0.25.4-2 gcompris-qt-data=3.1-2 digikam-data=4:7.9.0-1 \
+        scribus-template=1.2.4.1-6 sddm-theme-maldives=0.19.0-5
     pip install --no-deps --target /opt/hasmap-photos \
         scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2 imgaug==0.4.0
+
+(`hasmap_jax.training.photos.INSTALL_COMMANDS`; the unseen packages: `UNSEEN_INSTALL_COMMANDS`.)
 
 Train (about 20 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
 
@@ -155,10 +158,13 @@ def batches(
     group: int,
     kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
+    weights: Sequence[float] | None = None,
+    visible_percentile: float = qd.VISIBLE_PERCENTILE,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training batches in order, made by a background thread (Pillow and numpy release the
-    GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them."""
+    GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them
+    (`weights`, `visible_percentile`: as `quality_data.random_batch`)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -171,7 +177,16 @@ def batches(
                         return
                     rng = np.random.default_rng([seed, i])
                     batch = qd.random_batch(
-                        rng, images, phase.batch_size, size, crop=phase.crop, group=group, kinds=kinds, tone=tone
+                        rng,
+                        images,
+                        phase.batch_size,
+                        size,
+                        crop=phase.crop,
+                        group=group,
+                        kinds=kinds,
+                        tone=tone,
+                        weights=weights,
+                        visible_percentile=visible_percentile,
                     )
                     q.put(batch)
                     i += 1
@@ -219,6 +234,8 @@ def train(
     pair_weight: float = 1.0,
     kinds: Sequence[str] = qd.TRAINED_KINDS,
     tone: bool = False,
+    weights: Sequence[float] | None = None,
+    visible_percentile: float = qd.VISIBLE_PERCENTILE,
     size: tuple[int, int] = KONCEPT_INPUT_SIZE,
     precise_bn_batches: int = 24,
     log_every: int = 100,
@@ -227,7 +244,9 @@ def train(
     """Trains `module` on random degraded views of prepared photos (`quality_data.prepare`).
 
     After the last step the BatchNorm statistics are recomputed exactly (`precise_batch_stats`) on
-    `precise_bn_batches` batches of whole views, drawn with their own seeds.
+    `precise_bn_batches` batches of whole views, drawn with their own seeds. `weights` (one per image)
+    draws photos in proportion to them instead of uniformly; `visible_percentile` sets the blur and
+    resampling labels' cap (`quality_data.effective_severity`).
 
     Returns:
       {"params": ..., "batch_stats": ...}, ready for `module.apply` and `checkpoint.save`.
@@ -240,7 +259,17 @@ def train(
     start = time.perf_counter()
     window: list[dict[str, float]] = []
     last_shape = None
-    data = batches(images, seed=seed, phases=phases, size=size, group=group, kinds=kinds, tone=tone)
+    data = batches(
+        images,
+        seed=seed,
+        phases=phases,
+        size=size,
+        group=group,
+        kinds=kinds,
+        tone=tone,
+        weights=weights,
+        visible_percentile=visible_percentile,
+    )
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
         window.append({k: float(v) for k, v in metrics.items()})
@@ -262,7 +291,17 @@ def train(
 
         def stats_batch(k: int) -> np.ndarray:
             rng = np.random.default_rng([seed, 10**9 + k])
-            return qd.random_batch(rng, images, full, size, group=group, kinds=kinds, tone=tone)[0]
+            return qd.random_batch(
+                rng,
+                images,
+                full,
+                size,
+                group=group,
+                kinds=kinds,
+                tone=tone,
+                weights=weights,
+                visible_percentile=visible_percentile,
+            )[0]
 
         stats_data = (stats_batch(k) for k in range(precise_bn_batches))
         variables = precise_batch_stats(module, variables, stats_data)
@@ -316,6 +355,7 @@ def evaluate(
     batch_size: int = 16,
     threshold: float = 50.0,
     groups: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores held-out photos clean and degraded (`quality_data.evaluation_samples`).
 
@@ -326,29 +366,41 @@ def evaluate(
 
     "issue_clear" counts the degradations the default model's specification calls clearly
     degraded (`quality_data.is_clearly_degraded`: blur sigma >= 3, noise std >= 25/255, JPEG quality
-    <= 10), per kind and together. `groups` (one label per image, e.g. its package) adds the clean
-    and issue_clear shares per label.
+    <= 10), per kind and together. `groups` (one label per image, e.g. its package) and `categories`
+    (one label per image, e.g. `Photo.category`: "calm" or "general") add the same figures per label
+    (`_subset_summary`: clean rated high, clearly degraded rated low, rank correlations, score range).
 
     Returns:
       a JSON-able report: per kind and severity the mean score and share rated low, accuracies
       ("clean", "degraded_clear", "overall", "balanced", "issue_clear"), MAE and Spearman
-      correlation to targets, the score range, and "per_group" when `groups` is given.
+      correlation to targets, the score range, "per_group" when `groups` is given and
+      "per_category" when `categories` is given.
     """
-    if groups is not None and len(groups) != len(images):
-        raise ValueError(f"groups has {len(groups)} labels for {len(images)} images")
+    for name, labels in (("groups", groups), ("categories", categories)):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{name} has {len(labels)} labels for {len(images)} images")
+    # Scored as they are made, in batches that run on across photos, keeping only the scores and
+    # labels: the images of 55 photos (6600 at 384x512) would take 16 GB at once.
+    apply = jax.jit(lambda v, x: module.apply(v, x)[0])
     samples: list[qd.Sample] = []
     owner: list[int] = []
+    pending: list[np.ndarray] = []
+    scored: list[np.ndarray] = []
+
+    def flush():
+        scored.append(np.asarray(apply(variables, jnp.asarray(np.stack(pending)))))
+        pending.clear()
+
     for i, image in enumerate(images):
-        made = qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views)
-        samples += made
-        owner += [i] * len(made)
-    apply = jax.jit(lambda v, x: module.apply(v, x)[0])
-    scores = np.concatenate(
-        [
-            np.asarray(apply(variables, jnp.asarray(np.stack([s.image for s in samples[j : j + batch_size]]))))
-            for j in range(0, len(samples), batch_size)
-        ]
-    )
+        for sample in qd.evaluation_samples(np.random.default_rng([seed, i]), image, views=views):
+            pending.append(sample.image)
+            samples.append(dataclasses.replace(sample, image=None))
+            owner.append(i)
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    scores = np.concatenate(scored)
     kinds = np.asarray([s.kind for s in samples])
     sev = np.asarray([s.severity for s in samples])
     nominal = np.asarray([s.nominal for s in samples])
@@ -385,17 +437,15 @@ def evaluate(
         m = issue & (base == kind)
         issue_clear[kind] = {"n": int(m.sum()), "share_low": share(m, ~high)}
     issue_clear["all"] = {"n": int(issue.sum()), "share_low": share(issue, ~high)}
-    report_groups = {}
-    if groups is not None:
-        label = np.asarray([groups[i] for i in owner])
-        for g in dict.fromkeys(groups):
-            m = label == g
-            report_groups[g] = {
-                "photos": sum(1 for x in groups if x == g),
-                "clean": share(m & clean, high),
-                "issue_clear": share(m & issue, ~high),
-                "score_range": [float(scores[m].min()), float(scores[m].max())],
-            }
+    owner = np.asarray(owner)
+
+    def per_label(labels: Sequence[str]) -> dict[str, Any]:
+        out = {}
+        for g in dict.fromkeys(labels):
+            mine = np.flatnonzero(np.asarray(labels) == g)
+            out[g] = {"photos": len(mine), **_subset_summary(np.isin(owner, mine), scores, kinds, nominal, high, issue)}
+        return out
+
     return {
         "photos": len(images),
         "views_per_photo": views,
@@ -414,7 +464,34 @@ def evaluate(
         "score_range": [float(scores.min()), float(scores.max())],
         "spearman": spearman(scores, targets),
         "per_kind": per_kind,
-        **({"per_group": report_groups} if groups is not None else {}),
+        **({"per_group": per_label(groups)} if groups is not None else {}),
+        **({"per_category": per_label(categories)} if categories is not None else {}),
+    }
+
+
+#: The kinds whose rank correlation and "clearly degraded" share the per-label summaries report.
+SUMMARY_KINDS = tuple(qd.CLEAR_PARAMETERS)
+
+
+def _subset_summary(m, scores, kinds, nominal, high, issue) -> dict[str, Any]:
+    """The headline figures of the evaluation images selected by `m` (whole photos): clean views
+    rated high, the specification's clearly degraded ones rated low (together and per kind), the
+    per-view severity-score rank correlations of `SUMMARY_KINDS` and the score range."""
+
+    def share(mask, values):
+        return float(np.mean(values[mask])) if mask.any() else float("nan")
+
+    base = np.asarray([k.removeprefix(qd.CLEAR_PREFIX) for k in kinds])
+    rank = severity_rank_correlations(scores[m], kinds[m], nominal[m])
+    return {
+        "clean": share(m & (kinds == "clean"), high),
+        "clean_jpeg90": share(m & (kinds == "clean-jpeg90"), high),
+        "issue_clear": share(m & issue, ~high),
+        "issue_clear_per_kind": {k: share(m & issue & (base == k), ~high) for k in qd.CLEAR_PARAMETERS},
+        "severity_rank": {
+            k: {"mean": rank[k]["mean"], "share_at_goal": rank[k]["share_at_goal"]} for k in SUMMARY_KINDS
+        },
+        "score_range": [float(scores[m].min()), float(scores[m].max())] if m.any() else [float("nan")] * 2,
     }
 
 
@@ -501,12 +578,23 @@ def format_report(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v['share_low']:.1%}" for k, v in issue.items() if k != "all")
             + ")"
         )
-    for g, r in report.get("per_group", {}).items():
-        lines.append(
-            f"  {g}: {r['photos']} photos, clean rated high {r['clean']:.1%}, clearly degraded rated low "
-            f"{r['issue_clear']:.1%}, scores {r['score_range'][0]:.1f} .. {r['score_range'][1]:.1f}"
-        )
+    for title, key in (("per category", "per_category"), ("per package", "per_group")):
+        if report.get(key):
+            lines.append(f"{title}:")
+            lines += [f"  {g}: {_summary_line(r)}" for g, r in report[key].items()]
     return "\n".join(lines)
+
+
+def _summary_line(r: dict[str, Any]) -> str:
+    """One label's figures (`_subset_summary`); reports written before issue 26 lack the rank part."""
+    text = f"{r['photos']} photos, clean rated high {r['clean']:.1%}, clearly degraded rated low {r['issue_clear']:.1%}"
+    per_kind = r.get("issue_clear_per_kind")
+    if per_kind:
+        text += " (" + ", ".join(f"{k} {v:.0%}" for k, v in per_kind.items()) + ")"
+    rank = r.get("severity_rank")
+    if rank:
+        text += ", rank " + " / ".join(f"{k} {v['mean']:.2f}" for k, v in rank.items())
+    return text + f", scores {r['score_range'][0]:.1f} .. {r['score_range'][1]:.1f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +626,7 @@ def _card(
             "license": p.license,
             "credit": p.credit,
             "split": p.split,
+            "category": p.category,
         }
         for p in read
     ]
@@ -599,6 +688,11 @@ def _card(
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
             "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
             "of distinct trained kinds at uniform severities",
+            "photo_draws": "uniform"
+            if config.calm_weight == 1.0
+            else f"calm photos weighted {config.calm_weight:g}, the others 1",
+            "content_cap": "blur and resampling severity capped by the RMS change at the "
+            f"{config.visible_percentile:g}th percentile of {qd.VISIBLE_BLOCK}x{qd.VISIBLE_BLOCK} blocks",
         },
         "target_mapping": {
             "formula": f"score = {qd.CLEAN_SCORE:g} - {qd.CLEAN_SCORE - qd.WORST_SCORE:g} * severity",
@@ -654,6 +748,21 @@ class TrainConfig:
     eval_views: int = 3  # views per held-out photo in the evaluation
     kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
     tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
+    calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
+    visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
+
+    def __post_init__(self):
+        if not self.calm_weight > 0:
+            raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
+        if not 0.0 <= self.visible_percentile <= 100.0:
+            raise ValueError(f"visible_percentile must be in [0, 100], got {self.visible_percentile}")
+
+    def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
+        """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
+        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
+        if self.calm_weight == 1.0:
+            return None
+        return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
 
 
 def train_default_model(
@@ -688,6 +797,10 @@ def train_default_model(
         raise FileExistsError(f"{out} exists; pass --force to replace it (nothing was written)")
     heldout = _prepared("heldout", photo_roots, log)
     train_images = _prepared("train", photo_roots, log)
+    weights = config.photo_weights(photo_manifest.photos("train"))
+    if weights is not None:
+        calm = sum(w for w, p in zip(weights, photo_manifest.photos("train"), strict=True) if p.category == "calm")
+        log(f"calm photos drawn with weight {config.calm_weight:g}: {calm / sum(weights):.0%} of the draws")
     module = make_model()
     start = time.perf_counter()
     variables = train(
@@ -703,12 +816,21 @@ def train_default_model(
         pair_weight=config.pair_weight,
         kinds=config.kinds,
         tone=config.tone,
+        weights=weights,
+        visible_percentile=config.visible_percentile,
         log=log,
     )
     wall = time.perf_counter() - start
     log(f"trained in {wall:.0f} s; evaluating on held-out photos")
-    groups = [p.package for p in photo_manifest.photos("heldout")]
-    report = evaluate(module, variables, heldout, views=config.eval_views, groups=groups)
+    listed = photo_manifest.photos("heldout")
+    report = evaluate(
+        module,
+        variables,
+        heldout,
+        views=config.eval_views,
+        groups=[p.package for p in listed],
+        categories=[p.category for p in listed],
+    )
     log(format_report(report))
     path = _write(out, variables, _card(module, config, report, wall, command), force=force)
     log(f"wrote {path}")
@@ -731,8 +853,16 @@ def evaluate_checkpoint(
         raise ValueError(f"evaluate on 'heldout' or 'unseen' photos, not {split!r}")
     model = load_quality_model(source)
     photos = _prepared(split, photo_roots, log)
-    groups = [p.package for p in photo_manifest.photos(split)]
-    return {**evaluate(model.module, model.variables, photos, views=views, groups=groups), "split": split}
+    listed = photo_manifest.photos(split)
+    report = evaluate(
+        model.module,
+        model.variables,
+        photos,
+        views=views,
+        groups=[p.package for p in listed],
+        categories=[p.category for p in listed],
+    )
+    return {**report, "split": split}
 
 
 def record_evaluation(source: str | os.PathLike, report: dict[str, Any], *, command: str = "") -> Path:
