@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     for family, budget, kw, alpha, labels in runs:
         reps = len(labels)
         t = time.perf_counter()
-        res = attack_batch(np.tile(x, (reps, 1, 1, 1)), alpha, **common, **kw)
+        res = attack_batch(np.tile(x, (reps, 1, 1, 1)), alpha, progress=_progress(f"{family} {budget}"), **common, **kw)
         seconds = time.perf_counter() - t
         scores = judge(res.images)
         for r, label in enumerate(labels):
@@ -152,6 +152,19 @@ def main(argv=None) -> None:
         Path(args.json).write_text(
             json.dumps({"machine": describe_machine(), "args": vars(args), "ops": ops, "rows": rows}, indent=1)
         )
+
+
+def _progress(label: str):
+    """A progress sink for attack_batch: a line on stderr every tenth of the steps."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != last[0]:
+            last[0] = tenth
+            print(f"  {label}: step {done} / {total} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _heldout(roots, size):
