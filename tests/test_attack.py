@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -569,27 +571,36 @@ def test_host_loop_equals_device_loop_with_eot_draws(batch):
     assert compiles() == 0
 
 
-def test_eot_draw_follows_the_step_and_success_needs_every_drawable_chain(batch):
-    """Each step scores the chains `EOT.draw(step)` picks, and an iterate counts as a success (is
-    kept, moves the search) only when every chain of the profile rates it low, drawn at this step
-    or not: a chain not drawn now cannot be overturned by a stale or lucky verdict."""
-    from hasmap_jax.transforms.profiles import resolve_profile
+def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
+    """With views drawn at random, each step's gradient sees the chains `EOT.draw(step)` picks, but
+    an iterate counts as a success (is kept, moves the search) only when the photo and every
+    checkpoint rate it low: a lucky draw that leaves out a failing checkpoint does not make one, an
+    unlucky draw of a chain outside the checkpoints does not spoil one."""
+    from hasmap_jax.transforms.chain import parse_chains
+    from hasmap_jax.transforms.profiles import EOT, resolve_profile
 
     x, _ = batch
     model = smooth_and_noisy_toy()
-    eot = resolve_profile("flip,resize0.75,blur1,crop0.9,resize0.5").eot  # groups of 2, 2, 1
-    plan = L.Plan(steps=0, search_steps=1, optimizer=None, check_every=1000, view_size=None, jpeg_chain=(), eot=eot)
-    chains = [c for g in eot.groups for c in g]
+    profile = resolve_profile("flip,resize0.75,blur1,crop0.9,resize0.5")  # groups of 2, 2, 1
+    eot, chains = profile.eot, profile.checkpoints
+    assert chains == parse_chains("flip,resize0.75,blur1,crop0.9,resize0.5") and eot.drawable == 5
+    with pytest.raises(ValueError, match="checkpoints"):
+        L.Plan(steps=0, search_steps=1, optimizer=None, check_every=9, view_size=None, jpeg_chain=(), eot=eot)
+    plan = L.Plan(
+        steps=0, search_steps=1, optimizer=None, check_every=1000, view_size=None, jpeg_chain=(), eot=eot, checks=chains
+    )
     # Every view's score of the originals (the step-0 iterates): the photo, then each chain.
     every = np.stack(
-        [np.asarray(model.apply(A.model_views(jnp.asarray(im / 255.0, jnp.float32), None, (), eot))) for im in x]
+        [np.asarray(model.apply(A.checkpoint_views(jnp.asarray(im / 255.0, jnp.float32), None, chains))) for im in x]
     )
-    assert every.shape == (3, 1 + len(chains))
-    # A photo, and a step whose draw leaves out a chain that rates it higher than this step's views.
+    order = [c for g in eot.groups for c in g]  # the drawable chains laid end to end, as `draw` indexes them
 
     def drawn_at(i):
-        return (eot.group_offsets + np.asarray(eot.draw(jnp.int32(i)))).tolist()
+        return [chains.index(order[k]) for k in (eot.group_offsets + np.asarray(eot.draw(jnp.int32(i)))).tolist()]
 
+    begin, step_fn = jax.jit(L.begin, static_argnames="plan"), jax.jit(L.batch_step, static_argnames="plan")
+    # A lucky draw: a photo and a step whose draw leaves out a chain that rates it higher than every
+    # view of the step; with the threshold between, this step's views pass ...
     p, step, worst = next(
         (p, i, c)
         for p in range(3)
@@ -598,27 +609,30 @@ def test_eot_draw_follows_the_step_and_success_needs_every_drawable_chain(batch)
         if c not in drawn_at(i) and every[p, 1 + c] > max(every[p, 0], *every[p, 1:][drawn_at(i)])
     )
     seen = max(every[p, 0], *every[p, 1:][drawn_at(step)])
-    begin, step_fn = jax.jit(L.begin, static_argnames="plan"), jax.jit(L.batch_step, static_argnames="plan")
-    # The evaluation scores exactly the drawn views: between their highest score and the one left
-    # out, this step's views succeed ...
-    tau = float(seen + every[p, 1 + worst]) / 2
-    inp = inputs(x[p : p + 1], alpha=0.05, threshold=tau)
+    inp = inputs(x[p : p + 1], alpha=0.05, threshold=float(seen + every[p, 1 + worst]) / 2)
     state, _ = begin(model, inp, plan=plan)
     cand = L.evaluate(model, state, jnp.int32(step), inp, plan=plan)
     assert bool(cand.success[0]) and bool(L.needs_check(state, cand, plan=plan)[0])
-    # ... but the check on every chain refuses it: nothing kept, nothing found.
+    # ... but the checkpoint left out refuses it: nothing kept, nothing found.
     after = step_fn(model, state, jnp.int32(step), inp, plan=plan)
     assert not bool(after.found[0]) and np.isinf(np.asarray(after.best_dist)).all()
-    # Above every chain's score the same step's success counts (and is kept).
-    easy = inputs(x[p : p + 1], alpha=0.05, threshold=float(every[p].max()) + 0.5)
-    state, _ = begin(model, easy, plan=plan)
-    assert bool(state.done[0])  # rated low in every view as given: nothing to do
-    # A candidate that cannot change the state is not checked (the batch skips the check).
-    moved = state._replace(
-        done=jnp.zeros_like(state.done), found=jnp.ones_like(state.found), best_dist=jnp.zeros(1), low_dist=jnp.zeros(1)
+    # An unlucky draw: a profile that draws a chain outside its checkpoints, which rates the photo
+    # higher than the photo and the checkpoint do; with the threshold between, this step's views fail
+    # but the checked ones pass: a success.
+    p, j, k = next(
+        (p, j, k)
+        for p in range(3)
+        for j in range(len(chains))
+        for k in range(len(chains))
+        if j != k and every[p, 1 + j] > max(every[p, 0], every[p, 1 + k])
     )
-    cand = L.evaluate(model, moved, jnp.int32(step), easy, plan=plan)
-    assert bool(cand.success[0]) and not bool(L.needs_check(moved, cand, plan=plan)[0])
+    odd = EOT(groups=((chains[k],), (chains[j],)))
+    plan = dataclasses.replace(plan, eot=odd, checks=(chains[k],))
+    inp = inputs(x[p : p + 1], alpha=0.05, threshold=float(max(every[p, 0], every[p, 1 + k]) + every[p, 1 + j]) / 2)
+    state, _ = begin(model, inp, plan=plan)
+    assert bool(state.done[0])  # rated low where it counts: already done as given
     fresh = state._replace(done=jnp.zeros_like(state.done))
-    after = step_fn(model, fresh, jnp.int32(step), easy, plan=plan)
-    assert bool(after.found[0]) and np.isfinite(np.asarray(after.best_dist)).all()
+    cand = L.evaluate(model, fresh, jnp.int32(0), inp, plan=plan)
+    assert not bool(cand.success[0])  # the step's draw (chain j) fails ...
+    after = step_fn(model, fresh, jnp.int32(0), inp, plan=plan)
+    assert bool(after.found[0]) and np.isfinite(np.asarray(after.best_dist)).all()  # ... yet it is a success

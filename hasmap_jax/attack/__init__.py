@@ -1,33 +1,42 @@
-"""The HASMap attack: a sensitivity-weighted Carlini-Wagner L2 attack on a quality classifier.
+"""The HASMap attack on a quality classifier: the paper's sensitivity-weighted Carlini-Wagner L2
+attack, and a minimum-norm method in the same weighted norm.
 
-loss    the objective for one image (tanh box, 8-bit rounding, C&W loss, JPEG views)
-loop    the batched optimisation: steps, search over alpha, device loop and host loop
-batch   `attack_batch` and `AttackResult`: arguments, model preparation, measurement
+loss     the objectives for one image (tanh box, 8-bit rounding, C&W loss, margins, views)
+minnorm  the minimum-norm method's per-photo budget rule (after FMN) and its settings
+loop     the batched optimisation: evaluate / check / update, the search over alpha, device and host loops
+batch    `attack_batch` and `AttackResult`: arguments, model preparation, measurement
 """
 
 from hasmap_jax.attack.batch import AttackResult, attack_batch, default_compute_dtype, prepare_model
-from hasmap_jax.attack.loop import KEPT, default_loop
+from hasmap_jax.attack.loop import KEPT, METHODS, default_loop
 from hasmap_jax.attack.loss import (
+    checkpoint_views,
     cw_loss,
     from_tanh_space,
     hasmap_loss,
     jpeg_chain_of,
+    margin_loss,
     model_views,
     quantize,
     to_tanh_space,
     weighted_distortion,
 )
+from hasmap_jax.attack.minnorm import MinNorm
 
 __all__ = [
     "KEPT",
+    "METHODS",
     "AttackResult",
+    "MinNorm",
     "attack_batch",
+    "checkpoint_views",
     "cw_loss",
     "default_compute_dtype",
     "default_loop",
     "from_tanh_space",
     "hasmap_loss",
     "jpeg_chain_of",
+    "margin_loss",
     "model_views",
     "prepare_model",
     "quantize",

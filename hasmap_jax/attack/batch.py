@@ -146,6 +146,17 @@ def _resolve_dtype(compute_dtype):
     return dtype
 
 
+def _checks(profile: Profile | None) -> tuple:
+    """With views drawn at random, the chains success is decided on: the profile's checkpoints
+    (every chain it can draw where it has none)."""
+    if profile is None or profile.eot is None or not profile.eot.groups:
+        return ()
+    if profile.checkpoints:
+        return tuple(profile.checkpoints)
+    eot = profile.eot
+    return tuple(eot.prefix + c for c in (*eot.always, *(c for g in eot.groups for c in g)))
+
+
 def _stall_window(method: str, steps: int) -> int:
     """Steps between early-stop checks. "cw": long enough that the 8-bit loss jumping between
     "rated low" and "rated high" near the boundary is not mistaken for a stall. "fmn": its least
@@ -243,18 +254,18 @@ def attack_batch(
           single JPEG ("jpeg75") is `robust_jpeg=75`;
         - a `Profile` (e.g. `PROFILES["web"].saved_as("jpeg85")` for a photo saved as JPEG 85
           before the site gets it: every view and checkpoint starts from that JPEG).
-        Where views are drawn, an iterate counts as a success (and can be kept, found a search
-        step's success, or move the "fmn" budget) only when every chain of the profile rates it
-        low, drawn at this step or not: before it can change anything, the candidate is scored
-        on every chain (forward passes only, at the steps where some photo needs it); never one
-        lucky draw, never a chain's verdict from an earlier step. Each extra view costs one
+        Where views are drawn, success (what can be kept, what moves the search or the "fmn"
+        budget) is decided on a fixed set instead of this step's draw: the photo and the
+        profile's checkpoints in their differentiable form (the same pixels as Pillow's
+        operations, but for JPEG's approximation), checked (forward passes only) at the steps
+        where some photo's own view passes; never one lucky draw, never a chain's verdict from an
+        earlier step. The draws still steer the gradient. Each extra view costs one
         model forward and backward per step ("jpeg90": 2 in all, "web": 3); every transform's
         shape is fixed by the photo size, so each size still compiles once (every chain of a
         profile is compiled). The differentiable resizing, blur, crop and flip compute Pillow's
         integer arithmetic (the same pixels); only JPEG is approximate. A margin (`confidence`)
         pays off: the least-distorted success sits just below the threshold, where JPEG's
-        approximation, and checkpoints that differ from the chains drawn (flip alone against
-        flip+jpeg75), can tip it back.
+        approximation, and operations outside the checkpoints, can tip it back.
         For `hasmap protect`: a JPEG output at quality Q is `PROFILES[name].saved_as(f"jpeg{Q}")`,
         whose first checkpoint is the saved file (`scores_after_checkpoints[:, 0]`).
       robust_jpeg: the older spelling of JPEG robustness, kept as it was (do not give both): a JPEG
@@ -345,6 +356,7 @@ def attack_batch(
         report_every=max(1, min(steps, 5)) if progress is not None and loop == "device" else 0,
         method=method,
         minnorm=minnorm,
+        checks=_checks(profile),
     )
     report = None if progress is None else _Reporter(progress, total)
     run = run_host if loop == "host" else run_device

@@ -11,10 +11,13 @@ A step has three pieces, each written once for one image and vmapped over the ba
 
 - `evaluate`: the model's views of the 8-bit candidate (what would be saved), the loss and its
   gradient, and whether this step's views rate it low (with the margin: a success);
-- `check`, only with views drawn at random (`EOT.groups`): a candidate that could change what is
-  kept (or the budget) is scored on every chain of the profile first, so that one lucky draw, or a
-  chain's stale verdict from an earlier step, never makes a success that a real operation could
-  overturn; the batch runs it only at steps where some photo needs it;
+- `check`, only with views drawn at random (`EOT.groups`): success is then decided by a fixed,
+  deterministic set of views, the photo and the profile's checkpoints (the operations the result
+  is judged after, in their differentiable form: Pillow's arithmetic but for JPEG's approximation),
+  never by this step's draw: one lucky draw, or a chain's stale verdict from an earlier step, would
+  make a "success" that a real operation overturns, and an unlucky one would move the budget for
+  nothing. A candidate is checked where it could change what is kept (or the budget) and its own
+  view already passes; the batch runs the check only at steps where some photo needs it;
 - `update`: keep the least-distorted success (and the least-distorted iterate rated low), move the
   parameters, stop a photo whose progress has stalled.
 
@@ -39,7 +42,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hasmap_jax.attack.loss import cw_loss, from_tanh_space, hasmap_loss, margin_loss, model_views, to_tanh_space
+from hasmap_jax.attack.loss import (
+    checkpoint_views,
+    cw_loss,
+    from_tanh_space,
+    hasmap_loss,
+    margin_loss,
+    model_views,
+    to_tanh_space,
+)
 from hasmap_jax.attack.minnorm import MinNorm, budget_step, initial_budget
 from hasmap_jax.models.koncept import quality_logits
 from hasmap_jax.transforms.profiles import EOT
@@ -89,8 +100,10 @@ class Candidate(NamedTuple):
     dist: Array  # its D = ||S * d||^2
     loss: Array  # the method's loss
     grad: Array  # (H, W, 3) the loss's gradient with respect to `ImageState.params`
-    success: Array  # rated low inside the margin (in this step's views; every view once checked)
+    success: Array  # rated low inside the margin (in this step's views; in the checked views once checked)
     rated_low: Array  # rated low (score <= threshold), likewise
+    photo_success: Array  # the photo's own view (view 0) inside the margin
+    photo_low: Array  # the photo's own view rated low
 
 
 class Search(NamedTuple):
@@ -118,12 +131,15 @@ class Plan:
     eot: EOT | None = None  # transformed views besides the JPEG chain (`model_views`)
     method: str = "cw"
     minnorm: MinNorm | None = None  # the "fmn" settings (default `MinNorm()`)
+    checks: tuple = ()  # with drawn views: the chains success is checked on (the profile's checkpoints)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method: one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "fmn" and self.minnorm is None:
             object.__setattr__(self, "minnorm", MinNorm())
+        if self.draws and not self.checks:
+            raise ValueError("views drawn at random need checkpoints to decide success on (Plan.checks)")
 
     def opt(self, learning_rate: Array) -> optax.GradientTransformation:
         return self.optimizer if self.optimizer is not None else optax.adam(learning_rate)
@@ -154,7 +170,7 @@ def _evaluate_one(model, state: ImageState, inp: Inputs, draw, plan: Plan) -> Ca
     else:
         objective = margin_loss
         adv8 = jnp.round(jnp.clip(x + state.params, 0.0, 1.0) * 255.0)
-    (loss, (dist, lc, score)), grad = jax.value_and_grad(
+    (loss, (dist, lc, score, scores)), grad = jax.value_and_grad(
         lambda p: objective(
             p,
             x=x,
@@ -166,18 +182,25 @@ def _evaluate_one(model, state: ImageState, inp: Inputs, draw, plan: Plan) -> Ca
             jpeg_chain=plan.jpeg_chain,
             eot=plan.eot,
             draw=draw,
+            per_view=True,
         ),
         has_aux=True,
     )(state.params)
-    return Candidate(adv8.astype(jnp.uint8), dist, loss, grad, lc <= 0.0, score <= inp.threshold)
+    photo = cw_loss(quality_logits(scores[0], inp.threshold), inp.confidence) <= 0.0
+    return Candidate(
+        adv8.astype(jnp.uint8), dist, loss, grad, lc <= 0.0, score <= inp.threshold, photo, scores[0] <= inp.threshold
+    )
 
 
-def _verdict_one(model, image8: Array, inp: Inputs, plan: Plan) -> tuple[Array, Array]:
-    """(success, rated low) of one 8-bit image in every view of the profile: the image, every JPEG
-    of the chain, and every chain of the EOT (each drawable one too)."""
-    scores = model.apply(model_views(image8.astype(jnp.float32) / 255.0, *plan.views))
+def _verdict_one(model, image8: Array, inp: Inputs, plan: Plan) -> tuple[Array, Array, Array]:
+    """(success, rated low, L_C) of one 8-bit image in the views that decide success: with views
+    drawn at random, the image and its checkpoints (`checkpoint_views`); else every view of the
+    profile (the image, every JPEG of the chain, every chain of the EOT)."""
+    x = image8.astype(jnp.float32) / 255.0
+    views = checkpoint_views(x, plan.view_size, plan.checks) if plan.draws else model_views(x, *plan.views)
+    scores = model.apply(views)
     lc = jnp.sum(jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(scores, inp.threshold), inp.confidence))
-    return lc <= 0.0, jnp.max(scores) <= inp.threshold
+    return lc <= 0.0, jnp.max(scores) <= inp.threshold, lc
 
 
 def _update_one(state: ImageState, cand: Candidate, inp: Inputs, i, plan: Plan) -> ImageState:
@@ -252,20 +275,29 @@ def evaluate(model, state: ImageState, i, inp: Inputs, *, plan: Plan) -> Candida
 
 
 def needs_check(state: ImageState, cand: Candidate, *, plan: Plan) -> Array:
-    """(N,) bool: candidates whose verdict in every view could change the state. With views drawn
-    at random: a success that could be kept, found this search step's first success, or move the
-    "fmn" budget, and an iterate rated low that could be kept as the fallback. Else none."""
+    """(N,) bool: the candidates to check. With views drawn at random: where the photo's own view
+    passes (a success needs it) and the verdict could change the state: a success that could be
+    kept, be this search step's first, or move the "fmn" budget; an iterate rated low that could be
+    kept as the fallback. Else none (the step's views are every view)."""
     if not plan.draws:
         return jnp.zeros_like(state.done)
     relevant = (cand.dist < state.best_dist) | ~state.found | (plan.method == "fmn")
-    return ~state.done & ((cand.success & relevant) | (cand.rated_low & (cand.dist < state.low_dist)))
+    return ~state.done & ((cand.photo_success & relevant) | (cand.photo_low & (cand.dist < state.low_dist)))
 
 
 def check(model, cand: Candidate, needed: Array, inp: Inputs, *, plan: Plan) -> Candidate:
-    """The candidates' verdicts in every view (`_verdict_one`) where `needed`; the others count as
-    neither a success nor rated low (they could not change the state: `needs_check`)."""
-    ok, low = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, cand.adv8, inp)
-    return cand._replace(success=cand.success & needed & ok, rated_low=cand.rated_low & needed & low)
+    """Success decided on the checked views (`_verdict_one`) where `needed`, whatever this step
+    drew; the others count as neither a success nor rated low (`needs_check`: they could not change
+    the state). A checked "fmn" candidate that fails carries the checked views' L_C as its loss, so
+    its next budget (the linear distance before a first success) sees what is left to do even
+    where this step's draw already passed."""
+    ok, low, lc = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(
+        model, cand.adv8, inp
+    )
+    loss = cand.loss
+    if plan.method == "fmn":
+        loss = jnp.where(needed & ~ok, jnp.maximum(loss, lc), loss)
+    return cand._replace(success=needed & ok, rated_low=needed & low, loss=loss)
 
 
 def unchecked(cand: Candidate) -> Candidate:
@@ -318,9 +350,9 @@ def _fresh(inp: Inputs, w0, state: ImageState | None, alpha, skip, *, plan: Plan
 
 
 def begin(model, inp: Inputs, *, plan: Plan) -> tuple[ImageState, Search]:
-    """The first state; photos already rated low (inside the margin, in every view of the profile:
-    with EOT, every chain it can draw) need no change: returned as given, no step spent."""
-    skip, _ = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, inp.x8, inp)
+    """The first state; photos already rated low (inside the margin, in every view that decides
+    success: `_verdict_one`) need no change: returned as given, no step spent."""
+    skip = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, inp.x8, inp)[0]
     # w0 is computed once: the restarts then begin from bit-identical parameters whichever loop
     # runs them (XLA may evaluate arctanh differently inside and outside a loop).
     w0 = to_tanh_space(inp.x8.astype(jnp.float32) / 255.0) if plan.method == "cw" else None

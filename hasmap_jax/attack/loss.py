@@ -36,6 +36,7 @@ from hasmap_jax.transforms.views import fit_view
 Array = jax.Array
 
 __all__ = [
+    "checkpoint_views",
     "cw_loss",
     "from_tanh_space",
     "hasmap_loss",
@@ -109,6 +110,15 @@ def model_views(
     return jnp.concatenate([views, *extra])
 
 
+def checkpoint_views(adv: Array, view_size: tuple[int, int] | None, chains: tuple) -> Array:
+    """What the model is shown of one image (H, W, 3) to check it: (1 + K, h, w, 3), the image
+    itself, then the image after each of the K chains (a profile's checkpoints, differentiable and
+    deterministic: Pillow's arithmetic but for JPEG's approximation), each as `model_views` shows it."""
+    target = model_view_size(adv.shape[:2], view_size)
+    photo = fit_view(adv[None], view_size) if view_size is not None else adv[None]
+    return jnp.concatenate([photo, *(fit_view(apply_chain(adv[None], c), target) for c in chains)])
+
+
 def jpeg_chain_of(robust_jpeg: int | Sequence[int] | None) -> tuple[int, ...]:
     """`attack_batch`'s `robust_jpeg` as a tuple of qualities (empty: off); checks the values."""
     return jpeg_qualities(robust_jpeg, what="robust_jpeg")
@@ -158,10 +168,12 @@ def margin_loss(
     jpeg_chain: tuple[int, ...] = (),
     eot: EOT | None = None,
     draw: Array | None = None,
+    *,
+    per_view: bool = False,
 ) -> tuple[Array, tuple[Array, ...]]:
     """The minimum-norm method's loss for one image at the perturbation d (x + d inside [0, 1]):
     zero exactly at the boundary of success, positive outside it; also returns (D, L_C, highest
-    score) as `hasmap_loss` does.
+    score) and with `per_view` the scores of every view, as `hasmap_loss` does.
 
     With per-view margins m_v = Z_high - Z_low + kappa = 2 (score_v - tau) + kappa (`cw_loss`
     without the clip), the loss is sum_v max(m_v, 0) while some view fails (the C&W term L_C: its
@@ -175,4 +187,5 @@ def margin_loss(
     logits = quality_logits(scores, threshold)
     m = logits[:, 0] - logits[:, 1] + confidence
     lc = jnp.sum(jnp.maximum(m, 0.0))
-    return lc + jnp.minimum(jnp.max(m), 0.0), (dist, lc, jnp.max(scores))
+    aux = (dist, lc, jnp.max(scores))
+    return lc + jnp.minimum(jnp.max(m), 0.0), (*aux, scores) if per_view else aux
