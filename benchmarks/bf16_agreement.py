@@ -107,13 +107,13 @@ def main(argv=None) -> None:
             row.update(
                 compute_dtype=dtype,
                 seconds=secs,
-                protected_fp32=float(np.mean(r.success_after_jpeg)),
+                protected_fp32=float(np.mean(r.success_after_checkpoints[:, -1])),
                 mean_psnr=float(np.mean(r.psnr)),
                 after_jpeg=row2,
             )
             print(
                 f"    {dtype}: protected after JPEG-{args.robust_jpeg} (fp32 verdict) "
-                f"{np.mean(r.success_after_jpeg):.0%}, mean PSNR {np.mean(r.psnr):.2f} dB, {secs:.0f} s"
+                f"{np.mean(r.success_after_checkpoints[:, -1]):.0%}, mean PSNR {np.mean(r.psnr):.2f} dB, {secs:.0f} s"
             )
             rows.append(row)
     if args.json:

@@ -18,6 +18,7 @@ of issue 14) with the model as given, and reported:
 
     python benchmarks/min_norm.py --profile jpeg90 --budgets 25,50,100,200 --alphas 10,20,50,100
     python benchmarks/min_norm.py --profile web --budgets 50,150 --alphas 0.5,1,2 --floor 0.5
+    python benchmarks/min_norm.py --photos 'examples/bridge.png' --size 3024x4032 --budgets 50 --alphas 20
 
 `--heldout ROOT ...` adds the held-out photos of the default model's training packages (the
 manifest's split "heldout", centre views at the model's input size; ROOT: where the packages are
@@ -56,6 +57,11 @@ def main(argv=None) -> None:
     p.add_argument("--confidence", type=float, default=10.0, help="margin kappa (hasmap protect: 10)")
     p.add_argument("--floor", type=float, default=0.0, help="sensitivity_floor (the web presets use 0.5)")
     p.add_argument("--attacks", default=None, help="real operations to judge after (default: per profile)")
+    p.add_argument(
+        "--size",
+        help="HxW: the photos resized to cover it and centre-cropped (default: the model's input size), e.g. "
+        "3024x4032 for 12 MP photos (the model then sees its view of them, the change lives at full size)",
+    )
     p.add_argument("--model", default="default")
     p.add_argument("--no-lpips", action="store_true")
     p.add_argument("--json", help="write every photo's figures here")
@@ -70,7 +76,7 @@ def main(argv=None) -> None:
     from hasmap_jax.weights.loading import load_quality_model
 
     model = load_quality_model(args.model)
-    size = tuple(model.input_size)
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(model.input_size)
     names, x = load_photos(args.photos, size)
     if args.heldout is not None:
         h_names, h_x = _heldout(args.heldout, size)

@@ -300,6 +300,38 @@ def test_best_iterate_is_the_least_distorted_success(batch):
     np.testing.assert_array_equal(r.images[0], best[2])
 
 
+def test_attack_config_is_one_checked_value_and_keywords_are_shortcuts(batch):
+    """`AttackConfig` holds how to optimise (frozen, hashable, checked when made); keywords given to
+    `attack_batch` replace its fields; `robust_jpeg` is the older spelling of a JPEG profile."""
+    x, model = batch
+    cfg = A.AttackConfig(steps=20, confidence=4.0, robust="jpeg90")
+    assert hash(cfg) == hash(A.AttackConfig(steps=20, confidence=4.0, robust="jpeg90"))
+    by_config = A.attack_batch(x, 1.0, model=model, config=cfg)
+    by_keywords = A.attack_batch(x, 1.0, model=model, steps=20, confidence=4.0, robust="jpeg90")
+    np.testing.assert_array_equal(by_config.images, by_keywords.images)
+    assert (A.attack_batch(x, 1.0, model=model, config=cfg, steps=3, early_stop=False).steps == 3).all()
+    assert cfg.replace(robust=None, robust_jpeg=(80, 90)).profile.jpeg_chain == (80, 90)
+    assert cfg.replace(robust_jpeg=None) == cfg and cfg.replace() is cfg
+    fmn = A.AttackConfig(method=A.MinNorm(step=(0.3, 0.003)))
+    assert fmn.method == "fmn" and fmn.minnorm.step == (0.3, 0.003)
+    with pytest.raises(TypeError, match="unknown attack setting.*stepz"):
+        A.attack_batch(x, 1.0, model=model, stepz=3)
+    with pytest.raises(ValueError, match="not both"):
+        cfg.replace(robust="web", robust_jpeg=90)
+    with pytest.raises(ValueError, match="contradicts"):
+        cfg.replace(robust="off", robust_jpeg=90)
+    for bad, match in [
+        (dict(steps=0), "at least 1"),
+        (dict(loop="gpu"), "loop"),
+        (dict(robust="instagram"), "robust: expected one of"),
+        (dict(compute_dtype="fp16"), "compute_dtype"),
+        (dict(confidence=-1.0), "confidence"),
+        (dict(method="fmn", search_steps=3), "search_steps"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            A.AttackConfig(**bad)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -371,15 +403,17 @@ def test_robust_jpeg_survives_real_jpeg(batch):
     # Signed per-pixel weights: the plain attack's answer is high-frequency noise, which JPEG removes.
     model = ToyQuality(jnp.asarray(3e-3 * np.random.RandomState(4).randn(H, W, 3).astype(np.float32)))
     plain = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=None)
-    assert plain.score_after_jpeg is None
+    assert plain.scores_after_checkpoints is None
     robust = A.attack_batch(x, 0.1, model=model, steps=100, robust_jpeg=90)
     from hasmap_jax.transforms.jpeg import pillow_jpeg
 
     after = model.apply(jnp.asarray(pillow_jpeg(plain.images, 90) / 255.0, jnp.float32))
     assert plain.success.all() and (np.asarray(after) > 50).any()  # JPEG undoes the plain attack
-    assert robust.success_after_jpeg.all() and robust.success.all()
+    assert robust.checkpoints == ("jpeg90",)
+    assert robust.success_after_checkpoints.all() and robust.success.all()
     np.testing.assert_allclose(
-        robust.score_after_jpeg, model.apply(jnp.asarray(pillow_jpeg(robust.images, 90) / 255.0, jnp.float32))
+        robust.scores_after_checkpoints[:, 0],
+        model.apply(jnp.asarray(pillow_jpeg(robust.images, 90) / 255.0, jnp.float32)),
     )
 
 
@@ -398,9 +432,9 @@ def test_robust_jpeg_chain(batch):
     once = pillow_jpeg(r.images, 80)
     twice = pillow_jpeg(once, 90)
     expect = np.stack([model.apply(jnp.asarray(v / 255.0, jnp.float32)) for v in (once, twice)], axis=1)
-    np.testing.assert_allclose(r.scores_jpeg_chain, expect, rtol=1e-5)
-    np.testing.assert_allclose(r.score_after_jpeg, expect[:, 1], rtol=1e-5)
-    assert r.success_after_jpeg.all() and (r.scores_jpeg_chain <= 50).all()
+    assert r.checkpoints == ("jpeg80", "jpeg80+jpeg90")  # the chain's prefixes
+    np.testing.assert_allclose(r.scores_after_checkpoints, expect, rtol=1e-5)
+    assert r.success_after_checkpoints.all() and (r.scores_after_checkpoints <= 50).all()
     assert A.jpeg_chain_of(None) == () and A.jpeg_chain_of(np.int64(90)) == (90,)
     for bad in (0, 101, (), (90, 0), "90", True, 90.0):
         with pytest.raises(ValueError, match="robust_jpeg"):
@@ -483,12 +517,10 @@ def test_robust_jpeg90_profile_is_robust_jpeg(batch):
     old = A.attack_batch(x, 0.1, model=model, steps=30, robust_jpeg=90)
     new = A.attack_batch(x, 0.1, model=model, steps=30, robust="jpeg90")
     np.testing.assert_array_equal(old.images, new.images)
-    np.testing.assert_array_equal(old.score_after_jpeg, new.score_after_jpeg)
+    np.testing.assert_array_equal(old.scores_after_checkpoints, new.scores_after_checkpoints)
     assert old.checkpoints == new.checkpoints == ("jpeg90",)
-    np.testing.assert_array_equal(new.scores_after_checkpoints[:, 0], new.score_after_jpeg)
-    np.testing.assert_array_equal(new.success_after_checkpoints[:, 0], new.success_after_jpeg)
     plain = A.attack_batch(x, 0.1, model=model, steps=5, robust="off")
-    assert plain.checkpoints is None and plain.scores_after_checkpoints is None and plain.score_after_jpeg is None
+    assert plain.checkpoints is None and plain.scores_after_checkpoints is None
     with pytest.raises(ValueError, match="not both"):
         A.attack_batch(x, 0.1, model=model, steps=1, robust="web", robust_jpeg=90)
     with pytest.raises(ValueError, match="robust: expected one of"):
@@ -546,7 +578,6 @@ def test_web_profile_survives_what_the_plain_attack_does_not(batch):
     )
     np.testing.assert_allclose(web.scores_after_checkpoints, by_hand(web.images), rtol=1e-5)
     assert web.success_after_checkpoints.all() and web.success.all() and (web.kept == "margin").all()
-    assert web.score_after_jpeg is None and web.scores_jpeg_chain is None  # not a JPEG-chain profile
     for robust in (None, "jpeg90"):
         other = A.attack_batch(x, 0.1, model=model, steps=100, robust=robust)
         assert other.success.all()

@@ -35,6 +35,7 @@ from hasmap_jax.protect import (
     SettingsMismatch,
     UsageError,
     protect_paths,
+    runner,
 )
 from hasmap_jax.protect import memory as mem
 from hasmap_jax.protect.lock import LOCK_NAME
@@ -100,8 +101,14 @@ def spy(monkeypatch):
         calls.append((np.asarray(images).shape, {k: v for k, v in kw.items() if k not in ("model", "sensitivity")}))
         return real(images, alpha, **kw)
 
-    monkeypatch.setattr(attack, "attack_batch", wrapper)
+    monkeypatch.setattr(runner, "attack_batch", wrapper)
     return calls
+
+
+def chain(call) -> tuple[int, ...]:
+    """The JPEG chain an `attack_batch` call recorded by `spy` was asked to survive."""
+    profile = call[1]["config"].profile
+    return () if profile is None else profile.jpeg_chain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,14 +341,14 @@ def test_programming_errors_surface_photo_errors_do_not(tmp_path, model, monkeyp
     def broken(*a, **k):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(attack, "attack_batch", broken)
+    monkeypatch.setattr(runner, "attack_batch", broken)
     with pytest.raises(TypeError, match="a bug"):
         protect_paths([src], tmp_path / "out", settings=settings(), model=model)
 
     def too_small(*a, **k):
         raise ValueError("'window8' pooling needs a backbone map of 8 to 15")
 
-    monkeypatch.setattr(attack, "attack_batch", too_small)
+    monkeypatch.setattr(runner, "attack_batch", too_small)
     s = protect_paths([src], tmp_path / "out2", settings=settings(), model=model)
     assert s.count("failed") == 1 and "window8" in s.results[0].message
 
@@ -415,7 +422,7 @@ def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
     save_photo(src / "p.png")
     # JPEG output at 80: attacked through its own encoding, then the protocol's re-encoding at 90.
     s = protect_paths([src], tmp_path / "out", settings=settings(format="jpeg", quality=80), model=model)
-    assert spy[-1][1]["robust_jpeg"] == (80, 90)
+    assert chain(spy[-1]) == (80, 90)
     r = s.results[0]
     assert r.output.suffix == ".jpg" and r.record["jpeg_quality"] == 90 and r.record["jpeg_chain"] == [80, 90]
     assert r.record["protected"] == r.record["protected_after_jpeg"]
@@ -428,17 +435,17 @@ def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
     assert score(pillow_jpeg(decoded[None], 90)[0]) == pytest.approx(r.record["score_after_jpeg"], abs=1e-3)
     # PNG output: by default attacked through JPEG-90, with --robust-jpeg Q through JPEG-Q, or not.
     protect_paths([src], tmp_path / "out1", settings=settings(), model=model)
-    assert spy[-1][1]["robust_jpeg"] == (90,) and spy[-1][1]["confidence"] == 10.0  # the preset's margin
-    assert spy[-1][1]["sensitivity_floor"] == 0.0
+    assert chain(spy[-1]) == (90,) and spy[-1][1]["config"].confidence == 10.0  # the preset's margin
+    assert spy[-1][1]["config"].sensitivity_floor == 0.0
     protect_paths([src], tmp_path / "out1f", settings=settings(sensitivity_floor=0.4), model=model)
-    assert spy[-1][1]["sensitivity_floor"] == 0.4
+    assert spy[-1][1]["config"].sensitivity_floor == 0.4
     s = protect_paths([src], tmp_path / "out2", settings=settings(robust_jpeg=75), model=model)
-    assert spy[-1][1]["robust_jpeg"] == (75,) and "score_after_jpeg" in s.results[0].record
+    assert chain(spy[-1]) == (75,) and "score_after_jpeg" in s.results[0].record
     s = protect_paths([src], tmp_path / "out3", settings=settings(robust_jpeg=None), model=model)
-    assert "robust_jpeg" not in spy[-1][1] and "score_after_jpeg" not in s.results[0].record
+    assert spy[-1][1]["config"].profile is None and "score_after_jpeg" not in s.results[0].record
     # JPEG output without the re-encoding is still judged on what the file holds.
     s = protect_paths([src], tmp_path / "out4", settings=settings(format="jpeg", robust_jpeg=None), model=model)
-    assert spy[-1][1]["robust_jpeg"] == (90,) and "score_after_jpeg" not in s.results[0].record
+    assert chain(spy[-1]) == (90,) and "score_after_jpeg" not in s.results[0].record
     with Image.open(s.results[0].output) as im:
         assert score(np.asarray(im.convert("RGB"))) == pytest.approx(s.results[0].record["score_after"], abs=1e-3)
 
@@ -498,7 +505,7 @@ def test_cli_exit_codes(tmp_path, toy_loader, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(attack, "attack_batch", interrupted)
+    monkeypatch.setattr(runner, "attack_batch", interrupted)
     save_photo(src / "new.png", seed=9)
     assert cli_main(args) == 130
     assert "rerun the same command" in capsys.readouterr().err
@@ -679,7 +686,7 @@ def test_each_method_and_profile_has_its_own_presets(capsys):
     assert (s.alpha, s.steps) == (None, 11)
     assert parsed("--robust", "web", "--sensitivity-floor", "0").sensitivity_floor == 0.0
     assert parsed("--sensitivity-floor", "0.25").sensitivity_floor == 0.25
-    with pytest.raises(UsageError, match="sensitivity floor"):
+    with pytest.raises(UsageError, match="sensitivity_floor"):
         parsed("--sensitivity-floor", "1.5")
     with pytest.raises(UsageError, match="alpha 3 is the paper's"):
         parsed("--method", "fmn", "--alpha", "3")
@@ -938,7 +945,8 @@ def slow(*a, **k):  # each photo takes a while, so the signal comes in the middl
     return real(*a, **k)
 
 
-attack.attack_batch = slow
+from hasmap_jax.protect import runner
+runner.attack_batch = slow
 from hasmap_jax.cli import main
 sys.exit(main(sys.argv[1:]))
 """

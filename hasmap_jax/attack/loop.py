@@ -33,8 +33,11 @@ Both drivers are made of these pieces, so they compute the same thing:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import itertools
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hasmap_jax.attack.config import METHODS, AttackConfig
 from hasmap_jax.attack.loss import (
     checkpoint_views,
     cw_loss,
@@ -56,9 +60,6 @@ from hasmap_jax.models.koncept import quality_logits
 from hasmap_jax.transforms.profiles import EOT
 
 Array = jax.Array
-
-#: The optimisation methods (`attack_batch(method=...)`).
-METHODS = ("cw", "fmn")
 
 
 class Inputs(NamedTuple):
@@ -404,7 +405,7 @@ def _inputs_for(inp: Inputs, search: Search) -> Inputs:
 
 
 @functools.partial(jax.jit, static_argnames="plan")
-def _device_program(model, inp: Inputs, *, plan: Plan):
+def _device_program(model, inp: Inputs, channel, *, plan: Plan):
     def run(k, state, inp_k):
         def cond(carry):
             i, s = carry
@@ -415,7 +416,11 @@ def _device_program(model, inp: Inputs, *, plan: Plan):
             s = batch_step(model, s, i, inp_k, plan=plan)
             if plan.report_every:
                 done = k * plan.steps + i + 1
-                jax.lax.cond(done % plan.report_every == 0, lambda: jax.debug.callback(_report, done), lambda: None)
+                jax.lax.cond(
+                    done % plan.report_every == 0,
+                    lambda: jax.debug.callback(_PROGRESS.report, channel, done),
+                    lambda: None,
+                )
             return i + 1, s
 
         return jax.lax.while_loop(cond, body, (jnp.int32(0), state))[1]
@@ -431,14 +436,41 @@ def _device_program(model, inp: Inputs, *, plan: Plan):
     return outcome(*jax.lax.fori_loop(0, plan.search_steps, search, (state, srch)))
 
 
-# Progress from inside the device loop goes to whatever `run_device` call is running (one at a
-# time per process: the compiled program does not depend on the callback, so it compiles once).
-_progress_sink: list[Callable[[int], None]] = []
+class _Channels:
+    """Where progress from inside a running device program goes: the program takes a channel
+    number as an input, and its callback hands each count to the sink opened under that number.
+
+    A compiled program cannot hold a Python callable that changes from call to call without being
+    compiled anew for each; a number it is given can. Calls running at the same time (threads)
+    each have their own channel."""
+
+    def __init__(self):
+        self._sinks: dict[int, Callable[[int], None]] = {}
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def open(self, sink: Callable[[int], None] | None):
+        """A channel number for the duration of the block (-1: nowhere)."""
+        if sink is None:
+            yield -1
+            return
+        with self._lock:
+            number = next(self._numbers)
+            self._sinks[number] = sink
+        try:
+            yield number
+        finally:
+            with self._lock:
+                del self._sinks[number]
+
+    def report(self, channel, done) -> None:
+        sink = self._sinks.get(int(channel))
+        if sink is not None:
+            sink(int(done))
 
 
-def _report(done) -> None:
-    if _progress_sink:
-        _progress_sink[-1](int(done))
+_PROGRESS = _Channels()
 
 
 def run_device(model, inp: Inputs, *, plan: Plan, progress: Callable[[int], None] | None = None):
@@ -447,15 +479,10 @@ def run_device(model, inp: Inputs, *, plan: Plan, progress: Callable[[int], None
     `progress(steps_done)` is called from inside the program every `plan.report_every` steps (when
     that is set) and once at the end.
     """
-    if progress is not None:
-        _progress_sink.append(progress)
-    try:
-        out = _device_program(model, inp, plan=plan)
+    with _PROGRESS.open(progress) as channel:
+        out = _device_program(model, inp, jnp.int32(channel), plan=plan)
         jax.block_until_ready(out)
         jax.effects_barrier()
-    finally:
-        if progress is not None:
-            _progress_sink.remove(progress)
     if progress is not None:
         progress(plan.steps * plan.search_steps)
     return out
@@ -483,7 +510,7 @@ def _j_evaluate(model, state, i, inp, *, plan):
     return cand, needs_check(state, cand, plan=plan)
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "checked"), donate_argnames=("state", "cand"))
+@functools.partial(jax.jit, static_argnames=("plan", "checked"), donate_argnames="state")
 def _j_finish(model, state, cand, needed, i, inp, *, plan, checked):
     cand = check(model, cand, needed, inp, plan=plan) if checked else unchecked(cand)
     return update(state, cand, i, inp, plan=plan)
@@ -530,4 +557,4 @@ def run_host(
 
 def default_loop() -> str:
     """The loop `attack_batch(loop="auto")` uses on this process's default backend."""
-    return "host" if jax.default_backend() == "cpu" else "device"
+    return AttackConfig(loop="auto").resolved_loop

@@ -360,7 +360,7 @@ def _run(args: argparse.Namespace, received: list[int]) -> int:
         listed = _listed(args.files_from)
         if not args.inputs and not listed:
             raise UsageError("no inputs: name files or folders, or --files-from LIST")
-        team = _join(args)  # first: settings resolve "auto" precision through the JAX backend
+        team = _join(args)  # first: jax.distributed starts before anything asks the JAX backend
         lead = team is None or team.index == 0
         # Check the request before loading anything heavy.
         left_out: list[Path] = []

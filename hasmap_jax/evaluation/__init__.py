@@ -1,9 +1,9 @@
 """Evaluating protected photos (`hasmap evaluate`): the MediaEval 2020 protocol plus distortion metrics.
 
-  matching   pairing protected files with their originals (suffix-aware, manifest-aware)
-  protocol   `evaluate`: JPEG-90, then score; distortion per pair; the summary per run
-  results    results.csv and results.json
-  report     the HTML report with previews, difference images and plots
+matching   pairing protected files with their originals (suffix-aware, manifest-aware)
+protocol   `evaluate`: JPEG-90, then score; distortion per pair; the summary per run
+results    results.csv and results.json
+report     the HTML report with previews, difference images and plots
 """
 
 from hasmap_jax.evaluation.matching import Match, infer_suffix, manifest_settings, match_files

@@ -1,11 +1,11 @@
 """Protecting folders of real photos (`hasmap protect`): safe outputs and a resumable manifest.
 
-  settings   presets and `ProtectSettings` (everything that decides the output bytes)
-  manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
-  lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
-  memory     the memory a batch of photos needs, and the budget batches are filled to
-  runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
-             processes of a job, attack, write atomically
+settings   presets and `ProtectSettings` (everything that decides the output bytes)
+manifest   `OUTDIR/hasmap-manifest.jsonl`: settings and per-file results, for resuming
+lock       `OUTDIR/.hasmap-lock`: one folder, one run (or one multi-process job)
+memory     the memory a batch of photos needs, and the budget batches are filled to
+runner     `protect_paths`: plan the outputs, batch photos by size, share them between the
+           processes of a job, attack, write atomically
 """
 
 from hasmap_jax.protect.lock import FolderLock, FolderLocked

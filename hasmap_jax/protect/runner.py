@@ -64,6 +64,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hasmap_jax.attack import attack_batch
 from hasmap_jax.files import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -452,7 +453,8 @@ def protect_paths(
       ProtectInterrupted: on Ctrl-C, after the running writes finished or were removed.
       ProtectStopped: a write failed for want of space (or the output folder failed): at once.
     """
-    settings = settings if settings is not None else ProtectSettings()
+    # The manifest records the precision this backend runs, not "auto" (`ProtectSettings.resolved`).
+    settings = (settings if settings is not None else ProtectSettings()).resolved()
     team = team if team is not None else Team()
     if model is not None:
         # Record the model that runs, not the name the settings were made with: a rerun with
@@ -738,8 +740,6 @@ def _run_batches(
     outputs in memory). A photo whose estimated memory alone is above `ceiling` (bytes) fails
     before it is read. A write that fails for every photo alike (`_STOP_WRITING`) is raised before
     the next batch is attacked."""
-    from hasmap_jax.attack import attack_batch
-
     if ceiling is not None:
         fits = []
         for size, idx, rows in batches:
@@ -759,22 +759,7 @@ def _run_batches(
     total = sum(len(idx) for _, idx, _ in batches)
     done = 0
     seen_sizes: set[tuple[int, int]] = set()
-    kwargs: dict[str, Any] = dict(
-        model=model,
-        sensitivity=sensitivity,
-        sensitivity_floor=settings.sensitivity_floor,
-        threshold=settings.threshold,
-        steps=settings.steps,
-        search_steps=settings.search_steps,
-        learning_rate=settings.learning_rate,
-        method=settings.method,
-        compute_dtype=settings.precision,
-    )
-    if settings.view_size != "auto":
-        kwargs["view_size"] = settings.view_size
-    kwargs.update(settings.attack_robustness())
-    if settings.confidence:
-        kwargs["confidence"] = settings.confidence
+    kwargs: dict[str, Any] = dict(model=model, sensitivity=sensitivity, config=settings.attack_config())
     if progress is not None:
         progress(0, total, "")
 
@@ -815,7 +800,7 @@ def _run_batches(
                     for w in writes:  # the last batch's writes failed already: stop before attacking
                         if w.done():
                             w.result()
-                    res = _attack(jobs, part, manifest, settings, attack_batch, kwargs, finish, pad_to)
+                    res = _attack(jobs, part, manifest, settings, kwargs, finish, pad_to)
                     for w in writes:  # the previous batch's outputs are on disk before the next is queued
                         w.result()
                     # One task writes the batch's photos in order: an error (or Ctrl-C) while writing
@@ -842,7 +827,7 @@ def _step_progress(progress, base: int, share: int, total: int, label: str, k: i
     progress(base + share * k / n, total, f"{label}, step {k}/{n}")
 
 
-def _attack(jobs, loaded, manifest, settings, attack_batch, kwargs, finish, rows=0):
+def _attack(jobs, loaded, manifest, settings, kwargs, finish, rows=0):
     """Attacks one batch of same-size photos; None (each photo recorded as failed) where the attack
     could not run. A batch of fewer than `rows` photos is padded with copies of its last photo
     (results dropped), so that it runs the program already compiled for full batches of that size."""
@@ -917,9 +902,10 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
         v = float(np.asarray(a)[k])
         return v if np.isfinite(v) else None  # PSNR of an unchanged image is inf; JSON has no inf
 
-    chain = getattr(res, "scores_jpeg_chain", None)
-    # What the file holds: the 8-bit image (PNG), or its JPEG round trip (JPEG output).
-    saved = res.score_after if settings.format != "jpeg" or chain is None else np.asarray(chain)[:, 0]
+    checks = res.scores_after_checkpoints
+    # What the file holds: the 8-bit image (PNG), or its JPEG round trip (JPEG output: the first
+    # checkpoint, of the JPEG chain and of "web" alike).
+    saved = res.score_after if settings.format != "jpeg" or checks is None else np.asarray(checks)[:, 0]
     m = {
         "score_before": num(res.score_before),
         "score_after": num(saved),
@@ -934,22 +920,18 @@ def _metrics(res, k: int, settings: ProtectSettings) -> dict[str, Any]:
         "steps": int(np.asarray(res.steps)[k]),
         "kept": str(res.kept[k]),
     }
-    checks = getattr(res, "scores_after_checkpoints", None)
     if settings.robust == "web" and checks is not None:
         names = list(res.checkpoints)
         m["checkpoints"] = {n: num(np.asarray(checks)[:, j]) for j, n in enumerate(names)}
-        if settings.format == "jpeg":  # the saved file is the first checkpoint
-            m["score_after"] = m["checkpoints"][names[0]]
-            m["rated_low"] = bool(float(np.asarray(checks)[k, 0]) <= settings.threshold)
         m["protected_after_checkpoints"] = bool(np.all(np.asarray(res.success_after_checkpoints)[k]))
         m["protected"] = m["protected_after_checkpoints"]
         return m
-    jpeg = getattr(res, "score_after_jpeg", None)
-    if settings.robust_jpeg is not None and jpeg is not None:
+    if settings.robust_jpeg is not None and checks is not None:
+        # The checkpoints are the JPEG chain's prefixes: the last is after the re-encoding.
         m["jpeg_quality"] = int(settings.robust_jpeg)
         m["jpeg_chain"] = list(settings.jpeg_chain)
-        m["score_after_jpeg"] = num(jpeg)
-        m["protected_after_jpeg"] = bool(res.success_after_jpeg[k])
+        m["score_after_jpeg"] = num(np.asarray(checks)[:, -1])
+        m["protected_after_jpeg"] = bool(np.asarray(res.success_after_checkpoints)[k, -1])
         m["protected"] = m["protected_after_jpeg"]
     else:
         m["protected"] = m["rated_low"]

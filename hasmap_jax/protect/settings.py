@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from hasmap_jax.attack.config import AttackConfig, default_compute_dtype
 from hasmap_jax.files import DEFAULT_MAX_PIXELS, FORMATS, MIN_SIDE
+from hasmap_jax.transforms.profiles import PROFILES, jpeg_profile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +132,8 @@ class ProtectSettings:
       max_pixels, min_side: refuse larger / skip smaller photos (see `hasmap_jax.files`).
       view_size: `attack_batch`'s view_size ("auto", None or (height, width)).
       precision: the model's compute precision during the optimisation, "fp32" or "bf16"
-        (`attack_batch(compute_dtype=...)`; verdicts are always float32); "auto" (default): bf16 on
-        GPU/TPU, fp32 on CPU, recorded as the one chosen.
+        (`AttackConfig.compute_dtype`; verdicts are always float32); "auto" (default): bf16 on
+        GPU/TPU, fp32 on CPU (`resolved`: `protect_paths` records the one chosen).
       model, sensitivity: identities of the models used (names, paths and digests), for the manifest.
     """
 
@@ -170,10 +172,6 @@ class ProtectSettings:
             object.__setattr__(self, "robust_jpeg", PROTOCOL_JPEG_QUALITY)
         elif self.robust_jpeg is not None and not 1 <= int(self.robust_jpeg) <= 100:
             raise UsageError(f"robust JPEG quality must be in 1..100, got {self.robust_jpeg}")
-        if not (np.isfinite(self.confidence) and self.confidence >= 0):
-            raise UsageError(f"confidence must be >= 0, got {self.confidence}")
-        if not (np.isfinite(self.sensitivity_floor) and 0 <= self.sensitivity_floor <= 1):
-            raise UsageError(f"sensitivity floor must be in [0, 1], got {self.sensitivity_floor}")
         if self.method not in METHODS:
             raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "fmn":
@@ -186,21 +184,47 @@ class ProtectSettings:
                 raise UsageError("search steps (over alpha) belong to the paper's method: use --method cw")
         elif self.alpha is None or not (np.isfinite(self.alpha) and self.alpha > 0):
             raise UsageError(f"the paper's method (--method cw) needs a positive alpha, got {self.alpha}")
-        if self.steps < 1 or self.search_steps < 1:
-            raise UsageError("steps and search steps must be at least 1")
         if os.sep in self.suffix or "/" in self.suffix:
             raise UsageError(f"the suffix must not contain a path separator, got {self.suffix!r}")
         if self.max_pixels < 1 or self.min_side < 1:
             raise UsageError("max_pixels and min_side must be positive")
-        if self.precision == "auto":
-            from hasmap_jax.attack import default_compute_dtype
-
-            bf16 = np.dtype(default_compute_dtype()).name == "bfloat16"
-            object.__setattr__(self, "precision", "bf16" if bf16 else "fp32")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in ("fp32", "bf16", "auto"):
             raise UsageError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if isinstance(self.view_size, list):
             object.__setattr__(self, "view_size", tuple(self.view_size))
+        try:  # the attack's own settings are checked where they are defined, once
+            self.attack_config()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def resolved(self) -> ProtectSettings:
+        """These settings as they decide the bytes on this process's backend: precision "auto"
+        resolved (bf16 on GPU/TPU, fp32 on CPU), which is what the manifest records."""
+        if self.precision != "auto":
+            return self
+        bf16 = np.dtype(default_compute_dtype()).name == "bfloat16"
+        return dataclasses.replace(self, precision="bf16" if bf16 else "fp32")
+
+    def attack_config(self) -> AttackConfig:
+        """The `AttackConfig` these settings ask `attack_batch` for: the method and its settings,
+        and the profile: "web" (saved first as the output JPEG, for JPEG output), or the JPEG chain
+        (the saved JPEG, then the re-encoding at `robust_jpeg`)."""
+        if self.robust == "web":
+            robust = PROFILES["web"].saved_as(f"jpeg{int(self.quality)}") if self.format == "jpeg" else "web"
+        else:
+            robust = jpeg_profile(self.jpeg_chain) if self.jpeg_chain else None
+        return AttackConfig(
+            method=self.method,
+            steps=self.steps,
+            search_steps=self.search_steps,
+            learning_rate=self.learning_rate,
+            confidence=self.confidence,
+            threshold=self.threshold,
+            sensitivity_floor=self.sensitivity_floor,
+            robust=robust,
+            view_size=self.view_size,
+            compute_dtype=self.precision,
+        )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ProtectSettings:
@@ -225,15 +249,6 @@ class ProtectSettings:
         output only), then the re-encoding at `robust_jpeg` (if on)."""
         saved = (int(self.quality),) if self.format == "jpeg" else ()
         return saved + (() if self.robust_jpeg is None else (int(self.robust_jpeg),))
-
-    def attack_robustness(self) -> dict[str, Any]:
-        """`attack_batch`'s robustness arguments for these settings."""
-        if self.robust == "web":
-            from hasmap_jax.transforms.profiles import PROFILES
-
-            web = PROFILES["web"]
-            return {"robust": web.saved_as(f"jpeg{int(self.quality)}") if self.format == "jpeg" else web}
-        return {"robust_jpeg": self.jpeg_chain} if self.jpeg_chain else {}
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
