@@ -466,6 +466,7 @@ def test_fold_score_scale_and_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # nothing left aside
     restored = load_quality_model(out)
     np.testing.assert_allclose(restored.apply(x), module.apply(folded, x)[0], rtol=1e-5, atol=1e-4)
+
     # --record: an evaluation goes into the card as <split>_evaluation; the weights stay as they were
     def weights():
         files = [f for f in out.rglob("*") if f.is_file() and f.name != checkpoint.CARD_NAME]

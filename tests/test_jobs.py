@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from test_protect import H, W, save_photo, settings, sized_toy
 
-from hasmap_jax.protect import FolderLocked, Manifest, ProtectSettings, protect_paths
+from hasmap_jax.protect import FolderLocked, Manifest, ProtectSettings, RunOptions, protect_paths
 from hasmap_jax.protect.lock import LOCK_NAME, FolderLock
 from hasmap_jax.protect.manifest import MANIFEST_NAME, manifest_files, part_name
 from hasmap_jax.protect.runner import _batches, _deal
@@ -198,10 +198,12 @@ def test_two_member_job_equals_a_single_run_and_records_each_photo_once(tmp_path
     save_photo(src / "tiny.png", h=8, w=8)  # skipped: too small
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     model = sized_toy()
-    single = protect_paths([src], tmp_path / "one", settings=settings(), model=model, batch_size=2)
+    single = protect_paths([src], tmp_path / "one", settings=settings(), model=model, run=RunOptions(batch_size=2))
     summaries = run_as_threads(
         2,
-        lambda team: protect_paths([src], tmp_path / "two", settings=settings(), model=model, batch_size=2, team=team),
+        lambda team: protect_paths(
+            [src], tmp_path / "two", settings=settings(), model=model, run=RunOptions(batch_size=2, team=team)
+        ),
     )
     rec = written(tmp_path / "two")
     assert sorted(rec) == sorted(written(tmp_path / "one")) and len(rec) == 8
@@ -220,21 +222,30 @@ def test_rerun_with_another_process_count_redoes_nothing(tmp_path):
     mixed_folder(src, n_small=4, n_large=2)
     model = sized_toy()
     out = tmp_path / "out"
-    run_as_threads(2, lambda team: protect_paths([src], out, settings=settings(), model=model, batch_size=2, team=team))
+    run_as_threads(
+        2,
+        lambda team: protect_paths(
+            [src], out, settings=settings(), model=model, run=RunOptions(batch_size=2, team=team)
+        ),
+    )
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     save_photo(src / "new.png", seed=77)
     res = run_as_threads(
-        3, lambda team: protect_paths([src], out, settings=settings(), model=model, batch_size=2, team=team)
+        3,
+        lambda team: protect_paths(
+            [src], out, settings=settings(), model=model, run=RunOptions(batch_size=2, team=team)
+        ),
     )
     t = res[0].job_totals
     assert t["done"] == 6 and t["ok"] == 1 and t["inputs"] == 7
     assert all(p.stat().st_mtime_ns == m for p, m in before.items())  # finished photos untouched
     assert len(written(out)) == 7 and all(len(v) == 1 for v in written(out).values())
-    single = protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    single = protect_paths([src], out, settings=settings(), model=model, run=RunOptions(batch_size=2))
     assert single.count("done") == 7
     with pytest.raises(Exception, match="other settings"):
         run_as_threads(
-            2, lambda team: protect_paths([src], out, settings=settings(steps=1), model=model, team=team)
+            2,
+            lambda team: protect_paths([src], out, settings=settings(steps=1), model=model, run=RunOptions(team=team)),
         )
 
 
@@ -338,7 +349,12 @@ def test_one_member_interrupted_then_a_rerun_with_three_redoes_nothing_finished(
                 raise KeyboardInterrupt
 
         return protect_paths(
-            [src], out, settings=settings(), model=model, batch_size=2, team=team, on_result=stop_after_first
+            [src],
+            out,
+            settings=settings(),
+            model=model,
+            on_result=stop_after_first,
+            run=RunOptions(batch_size=2, team=team),
         )
 
     with pytest.raises((KeyboardInterrupt, threading.BrokenBarrierError)):
@@ -348,7 +364,10 @@ def test_one_member_interrupted_then_a_rerun_with_three_redoes_nothing_finished(
     mtimes = {name: (out / name).stat().st_mtime_ns for name in finished}
     (out / LOCK_NAME).unlink(missing_ok=True)  # a killed job's lock; this process's pid is alive, so not stale
     res = run_as_threads(
-        3, lambda team: protect_paths([src], out, settings=settings(), model=model, batch_size=2, team=team)
+        3,
+        lambda team: protect_paths(
+            [src], out, settings=settings(), model=model, run=RunOptions(batch_size=2, team=team)
+        ),
     )
     t = res[0].job_totals
     assert t["done"] == len(finished) and t["ok"] == 8 - len(finished) and t["failed"] == 0

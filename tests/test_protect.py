@@ -32,6 +32,7 @@ from hasmap_jax.protect import (
     ProtectInterrupted,
     ProtectSettings,
     ProtectStopped,
+    RunOptions,
     SettingsMismatch,
     UsageError,
     protect_paths,
@@ -121,7 +122,7 @@ def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
     save_photo(src / "sub" / "b0.png", 48, 64, seed=5)
     save_photo(src / "sub" / "b1.jpg", 48, 64, seed=6, quality=95)
     before = tree_digest(src)
-    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=2)
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, run=RunOptions(batch_size=2))
     assert s.exit_code == 0 and s.count("ok") == 5
     # One compiled program per size: every call holds photos of one size, at most batch_size of them,
     # and the partial last batch of a size is padded to the size's batch rather than compiled anew.
@@ -129,7 +130,7 @@ def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
     spy.clear()
     for i in range(6):
         save_photo(tmp_path / "six" / f"a{i}.png", seed=i)
-    protect_paths([tmp_path / "six"], tmp_path / "out6", settings=settings(), model=model, batch_size=4)
+    protect_paths([tmp_path / "six"], tmp_path / "out6", settings=settings(), model=model, run=RunOptions(batch_size=4))
     # Six photos of one size with batch size 4: two even batches of 3, not 4 + 2 padded to 4.
     assert sorted(shape for shape, _ in spy) == [(3, H, W, 3), (3, H, W, 3)]
     for r in s.results:
@@ -147,7 +148,12 @@ def test_progress_reports_steps_inside_each_batch(tmp_path, model):
         save_photo(src / f"a{i}.png", seed=i)
     seen = []
     protect_paths(
-        [src], tmp_path / "out", settings=settings(), model=model, batch_size=2, progress=lambda *a: seen.append(a)
+        [src],
+        tmp_path / "out",
+        settings=settings(),
+        model=model,
+        progress=lambda *a: seen.append(a),
+        run=RunOptions(batch_size=2),
     )
     inside = [(d, note) for d, _, note in seen if "step" in note]
     assert len(inside) >= 2 * STEPS // 5 - 1, seen  # both batches report their steps
@@ -213,7 +219,7 @@ def test_each_bad_input_gets_a_message_and_the_rest_completes(tmp_path, model):
     (src / "notes.jpg").write_text("not a photo")
     before = tree_digest(src)
 
-    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=8)
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, run=RunOptions(batch_size=8))
     by = {r.input.name: r for r in s.results}
     expect = {
         "good.png": ("ok", ""),
@@ -265,7 +271,9 @@ def test_resume_after_interrupt(tmp_path, model):
             raise KeyboardInterrupt
 
     with pytest.raises(ProtectInterrupted) as e:
-        protect_paths([src], out, settings=settings(), model=model, batch_size=2, on_result=stop_after_three)
+        protect_paths(
+            [src], out, settings=settings(), model=model, on_result=stop_after_three, run=RunOptions(batch_size=2)
+        )
     assert e.value.summary.interrupted and e.value.summary.exit_code == 130
     assert e.value.summary.count("ok") == 3
     # The count is the folder's, not only the photos reached before the interruption.
@@ -276,7 +284,7 @@ def test_resume_after_interrupt(tmp_path, model):
     assert lines[-1]["type"] == "run" and lines[-1]["finished"] is False
     first = tree_digest(out)
 
-    s = protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    s = protect_paths([src], out, settings=settings(), model=model, run=RunOptions(batch_size=2))
     assert [r.status for r in s.results] == ["done"] * 3 + ["ok"] * 2 and s.exit_code == 0
     after = tree_digest(out)
     assert all(after[k] == first[k] for k in ("p0.png", "p1.png", "p2.png"))
@@ -362,7 +370,7 @@ def test_other_settings_refused_unless_forced(tmp_path, model):
         protect_paths([src], out, settings=settings(method="cw", alpha=5.0), model=model)
     with pytest.raises(SettingsMismatch, match=r"alpha: 20\.0 -> None.*method: 'cw' -> 'fmn'"):
         protect_paths([src], out, settings=settings(), model=model)
-    s = protect_paths([src], out, settings=settings(method="cw", alpha=5.0), model=model, force=True)
+    s = protect_paths([src], out, settings=settings(method="cw", alpha=5.0), model=model, run=RunOptions(force=True))
     assert s.results[0].status == "ok" and s.results[0].record["alpha"] == 5.0
     # The new settings are now the folder's: a plain rerun with them resumes.
     five = settings(method="cw", alpha=5.0)
@@ -406,7 +414,7 @@ def test_foreign_output_file_kept_and_name_collisions_reported(tmp_path, model):
     # The photo that wrote a.png stays done on a rerun; the one colliding with it is reported again.
     s = protect_paths([src], out, settings=settings(), model=model)
     assert [r.status for r in s.results] == ["done", "failed", "failed"]
-    s = protect_paths([src], out, settings=settings(), model=model, force=True)
+    s = protect_paths([src], out, settings=settings(), model=model, run=RunOptions(force=True))
     assert {r.input.name: r.status for r in s.results}["b.png"] == "ok"
 
 
@@ -751,7 +759,7 @@ def test_a_full_disk_stops_at_the_first_failed_write_and_a_rerun_resumes(tmp_pat
         save_photo(src / f"p{i}.png", seed=i)
     _full_disk(monkeypatch, code, failing)
     with pytest.raises(ProtectStopped) as e:
-        protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+        protect_paths([src], out, settings=settings(), model=model, run=RunOptions(batch_size=2))
     s = e.value.summary
     assert s.disk_full and s.exit_code == EXIT_DISK_FULL == 3
     assert [(r.input.name, r.status) for r in s.results] == [("p0.png", "ok"), ("p1.png", "ok")]
@@ -764,7 +772,7 @@ def test_a_full_disk_stops_at_the_first_failed_write_and_a_rerun_resumes(tmp_pat
     assert not temporaries(tmp_path) and Manifest(out / MANIFEST_NAME).broken_lines == 0
     first = tree_digest(out)
     monkeypatch.setattr(os, "fsync", REAL_FSYNC)  # space freed
-    again = protect_paths([src], out, settings=settings(), model=model, batch_size=2)
+    again = protect_paths([src], out, settings=settings(), model=model, run=RunOptions(batch_size=2))
     assert [r.status for r in again.results] == ["done", "done", "ok", "ok"] and again.exit_code == 0
     assert all(tree_digest(out)[k] == first[k] for k in ("p0.png", "p1.png"))
 
@@ -899,7 +907,7 @@ def test_batches_are_filled_within_the_memory_budget(tmp_path, model, spy, monke
     save_photo(src / "big.png", 64, 80, seed=9)
     room = mem.batch_bytes((H, W), 2)  # two small photos; the big one needs more than all there is
     monkeypatch.setattr(mem, "limits", lambda memory=None: (room, room))
-    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, batch_size=4)
+    s = protect_paths([src], tmp_path / "out", settings=settings(), model=model, run=RunOptions(batch_size=4))
     by = {r.input.name: r for r in s.results}
     assert [by[f"s{i}.png"].status for i in range(3)] == ["ok"] * 3
     big = by["big.png"]

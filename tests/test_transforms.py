@@ -366,11 +366,15 @@ def test_eot_draws_are_seeded_and_cover_every_chain():
     eager = np.stack([np.asarray(eot.draw(jnp.int32(i))) for i in range(5)])
     np.testing.assert_array_equal(draws[:5], eager)  # the same in and out of jit, one step or many
     assert draws.shape == (300, 3) and draws.dtype == np.int32
-    assert [set(draws[:, g]) for g in range(3)] == [set(range(len(c))) for c in eot.groups] == [
-        set(range(5)),
-        set(range(4)),
-        set(range(6)),
-    ]
+    assert (
+        [set(draws[:, g]) for g in range(3)]
+        == [set(range(len(c))) for c in eot.groups]
+        == [
+            set(range(5)),
+            set(range(4)),
+            set(range(6)),
+        ]
+    )
     assert len({tuple(d) for d in draws[:10]}) > 3  # the draw changes from step to step
     other = dataclasses.replace(eot, seed=1)
     assert not np.array_equal(np.asarray(jax.vmap(other.draw)(steps)), draws)

@@ -105,6 +105,7 @@ class Candidate(NamedTuple):
     rated_low: Array  # rated low (score <= threshold), likewise
     photo_success: Array  # the photo's own view (view 0) inside the margin
     photo_low: Array  # the photo's own view rated low
+    drawn_success: Array  # this step's views inside the margin (`success` before any check)
 
 
 class Search(NamedTuple):
@@ -188,8 +189,17 @@ def _evaluate_one(model, state: ImageState, inp: Inputs, draw, plan: Plan) -> Ca
         has_aux=True,
     )(state.params)
     photo = cw_loss(quality_logits(scores[0], inp.threshold), inp.confidence) <= 0.0
+    success = lc <= 0.0
     return Candidate(
-        adv8.astype(jnp.uint8), dist, loss, grad, lc <= 0.0, score <= inp.threshold, photo, scores[0] <= inp.threshold
+        adv8.astype(jnp.uint8),
+        dist,
+        loss,
+        grad,
+        success,
+        score <= inp.threshold,
+        photo,
+        scores[0] <= inp.threshold,
+        success,
     )
 
 
@@ -217,6 +227,10 @@ def _update_one(state: ImageState, cand: Candidate, inp: Inputs, i, plan: Plan) 
         alpha = inp.alpha
     else:
         x = inp.x8.astype(jnp.float32) / 255.0
+        # Where this step's views pass but the checked ones do not, the linear distance along this
+        # step's gradient says nothing about what is left (it would overshoot): the budget grows
+        # by 1 + gamma instead, as after a failure once a success was found.
+        grow = state.found | (cand.drawn_success & ~cand.success)
         params, opt = budget_step(
             state.params,
             cand.grad,
@@ -224,7 +238,7 @@ def _update_one(state: ImageState, cand: Candidate, inp: Inputs, i, plan: Plan) 
             inp.maps,
             cand.loss,
             cand.success,
-            state.found,
+            grow,
             state.opt,
             i,
             inp.steps,
@@ -289,16 +303,9 @@ def needs_check(state: ImageState, cand: Candidate, *, plan: Plan) -> Array:
 def check(model, cand: Candidate, needed: Array, inp: Inputs, *, plan: Plan) -> Candidate:
     """Success decided on the checked views (`_verdict_one`) where `needed`, whatever this step
     drew; the others count as neither a success nor rated low (`needs_check`: they could not change
-    the state). A checked "fmn" candidate that fails carries the checked views' L_C as its loss, so
-    its next budget (the linear distance before a first success) sees what is left to do even
-    where this step's draw already passed."""
-    ok, low, lc = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(
-        model, cand.adv8, inp
-    )
-    loss = cand.loss
-    if plan.method == "fmn":
-        loss = jnp.where(needed & ~ok, jnp.maximum(loss, lc), loss)
-    return cand._replace(success=needed & ok, rated_low=needed & low, loss=loss)
+    the state)."""
+    ok, low, _ = jax.vmap(functools.partial(_verdict_one, plan=plan), in_axes=(None, 0, IN_AXES))(model, cand.adv8, inp)
+    return cand._replace(success=needed & ok, rated_low=needed & low)
 
 
 def unchecked(cand: Candidate) -> Candidate:

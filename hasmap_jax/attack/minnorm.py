@@ -115,7 +115,9 @@ def budget_step(
       x: (H, W, 3) the original in [0, 1]; s: (H, W) the sensitivity map (floored here).
       loss: () the loss there (positive: not yet a success; its size drives the first budget).
       success: () the current iterate is a success (decided by the caller on the 8-bit image).
-      found: () a success was found at an earlier step.
+      found: () grow the budget by 1 + gamma rather than set it to the linear distance when this
+        is not a success: a success was found at an earlier step (FMN), or the caller knows the
+        linear distance along `grad` does not apply.
       budget: the budget state; i, total: this step and the number of steps (traced).
       cfg: the settings.
     """

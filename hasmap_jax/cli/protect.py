@@ -348,6 +348,7 @@ def _run(args: argparse.Namespace, received: list[int]) -> int:
         FolderLocked,
         ProtectInterrupted,
         ProtectStopped,
+        RunOptions,
         UsageError,
         model_identity,
         plan,
@@ -401,13 +402,10 @@ def _run(args: argparse.Namespace, received: list[int]) -> int:
                 settings=settings,
                 model=model,
                 sensitivity=sensitivity,
-                batch_size=args.batch_size,
-                force=args.force,
+                run=RunOptions(batch_size=args.batch_size, force=args.force, team=team, memory=args.memory),
                 progress=bar,
                 on_result=on_result,
-                team=team,
                 listed=listed,
-                memory=args.memory,
             )
     except (UsageError, FolderLocked) as e:
         print(f"hasmap protect: error: {e}", file=err)

@@ -25,6 +25,7 @@ from hasmap_jax.protect.runner import (
     ProtectInterrupted,
     ProtectStopped,
     ProtectSummary,
+    RunOptions,
     plan,
     protect_paths,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "ProtectStopped",
     "ProtectSettings",
     "ProtectSummary",
+    "RunOptions",
     "SettingsMismatch",
     "UsageError",
     "presets",

@@ -404,6 +404,31 @@ def _job(src: Path, rel: Path, outdir: Path, settings: ProtectSettings) -> _Job:
 ProgressFn = Callable[[int, int, str], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a `protect_paths` run goes about its work; none of it changes an output's bytes.
+
+    Attributes:
+      batch_size: at most this many photos of one size attacked together.
+      force: redo everything with these settings even if the folder holds other results, and
+        replace output files this tool did not write.
+      team: the processes of a multi-process job (`hasmap_jax.runtime.distributed.Team`): every
+        process calls `protect_paths` with the same arguments; each checks its round-robin share
+        of the inputs, attacks whole batches dealt to it, and appends to its own manifest part.
+        None: this process alone.
+      io_workers: threads that decode the next batch and encode and write outputs while the
+        attack runs (at most two batches of photos in memory at a time).
+      memory: the bytes this process may use at its peak: batches hold as many photos (up to
+        `batch_size`) as fit (`hasmap_jax.protect.memory`); None: the default budget there.
+    """
+
+    batch_size: int = 4
+    force: bool = False
+    team: Team | None = None
+    io_workers: int = 2
+    memory: int | None = None
+
+
 def protect_paths(
     inputs: Sequence[str | os.PathLike],
     outdir: str | os.PathLike,
@@ -411,14 +436,10 @@ def protect_paths(
     settings: ProtectSettings | None = None,
     model: Any = None,
     sensitivity: Any = None,
-    batch_size: int = 4,
-    force: bool = False,
+    run: RunOptions | None = None,
     progress: ProgressFn | None = None,
     on_result: Callable[[FileResult], None] | None = None,
-    team: Team | None = None,
-    io_workers: int = 2,
     listed: Sequence[str] = (),
-    memory: int | None = None,
 ) -> ProtectSummary:
     """Protects photo files and folders into `outdir`; see the module docstring for the guarantees.
 
@@ -429,21 +450,12 @@ def protect_paths(
       model: a quality model (`QualityModel` or anything with the same `apply`); default: loaded
         from `settings.model`. Its identity should be in `settings.model` for the manifest.
       sensitivity: `attack_batch`'s sensitivity; default: from `settings.sensitivity`.
-      batch_size: at most this many photos of one size attacked together.
-      force: redo everything with these settings even if the folder holds other results, and
-        replace output files this tool did not write.
+      run: how the run goes about it (`RunOptions`: batch size, `--force`, the processes of a
+        job, I/O threads, memory budget); default: `RunOptions()`.
       progress: called as progress(done, total, note) as photos are attacked (photos to attack only;
         `done` is fractional inside a batch, which reports its steps in `note`).
       on_result: called with each `FileResult` as soon as it is known.
-      team: the processes of a multi-process job (`hasmap_jax.runtime.distributed.Team`): every
-        process calls this with the same arguments; each checks its round-robin share of the inputs,
-        attacks whole batches dealt to it, and appends to its own manifest part. Default: this
-        process alone.
       listed: more input files, as `plan`'s `listed` (`--files-from`).
-      io_workers: threads that decode the next batch and encode and write outputs while the
-        attack runs (at most two batches of photos in memory at a time).
-      memory: the bytes this process may use at its peak: batches hold as many photos (up to
-        `batch_size`) as fit (`hasmap_jax.protect.memory`); None: the default budget there.
 
     Returns:
       A `ProtectSummary` (with the job's totals when `team` has several processes).
@@ -455,7 +467,9 @@ def protect_paths(
     """
     # The manifest records the precision this backend runs, not "auto" (`ProtectSettings.resolved`).
     settings = (settings if settings is not None else ProtectSettings()).resolved()
-    team = team if team is not None else Team()
+    run = run if run is not None else RunOptions()
+    team, batch_size, force = run.team if run.team is not None else Team(), run.batch_size, run.force
+    io_workers, memory = run.io_workers, run.memory
     if model is not None:
         # Record the model that runs, not the name the settings were made with: a rerun with
         # another model object must not take these outputs for its own.
