@@ -17,7 +17,7 @@ import hasmap_jax
 from hasmap_jax.files import sha256_file
 from hasmap_jax.models.inception_resnet_v2 import feature_map_size
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, koncept512, quality_logits
-from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.models.variables import WeightError
 
 RTOL = 1e-4  # the parity tolerance (relative, on the score)
 SIZE = KONCEPT_INPUT_SIZE  # 384x512: the map is 10x14, where AvgPool2d(8) sees only a corner

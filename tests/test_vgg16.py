@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hasmap_jax.models.variables import WeightError, flatten, unflatten
 from hasmap_jax.models.vgg16 import (
     BLOCK_CHANNELS,
     BLOCK_DEPTHS,
@@ -20,7 +21,6 @@ from hasmap_jax.models.vgg16 import (
     normalize,
 )
 from hasmap_jax.weights.conversion import vgg16 as convert
-from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
 
 SIZE = (64, 96)  # not square, not a power of two per side after pooling: (2, 3) at block5_pool
 BLOCK_OUTPUTS = TAP_NAMES + tuple(f"block{b}_pool" for b in range(1, 6))
