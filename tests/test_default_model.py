@@ -406,6 +406,7 @@ def test_installed_photo_matches_manifest():
 TINY = dict(width=0.0625, depths=(0, 0, 0), head_widths=(8, 8, 8), dropout_rates=(0.0, 0.0, 0.0))
 
 
+@pytest.mark.slow
 def test_train_step_reduces_loss():
     module = tq.make_model(**TINY)
     tx = tq.make_optimizer(steps=12, learning_rate=1e-2, warmup_steps=1, weight_decay=1e-4)
@@ -422,6 +423,7 @@ def test_train_step_reduces_loss():
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
 
 
+@pytest.mark.slow
 def test_bounded_score_head():
     """score_range (lo, hi): the score is lo + (hi - lo) * sigmoid(the last layer), inside the scale
     whatever the input; None leaves the published, unbounded head."""
@@ -440,6 +442,7 @@ def test_bounded_score_head():
     assert KonCept512.from_config(bounded.config()) == bounded
 
 
+@pytest.mark.slow
 def test_only_an_unbounded_model_gets_the_scale_folded_in():
     """A bounded model is trained on its score and shipped as trained; an unbounded one outputs the
     normalised score and gets the scale folded into fc_out (`fold_score_scale`)."""
@@ -450,6 +453,7 @@ def test_only_an_unbounded_model_gets_the_scale_folded_in():
     np.testing.assert_allclose(out["bias"], variables["params"]["fc_out"]["bias"] * tq.SCORE_SCALE + tq.SCORE_OFFSET)
 
 
+@pytest.mark.slow
 def test_fold_score_scale_and_write(tmp_path):
     module = tq.make_model(**TINY, score_range=None)  # an unbounded head outputs z; training folds the scale in
     variables = module.init({"params": jax.random.key(0)}, jnp.zeros((1, 80, 80, 3)))

@@ -106,6 +106,7 @@ def trained(pairs_dir, tmp_path_factory):
 # Training, resuming, loading
 
 
+@pytest.mark.slow
 def test_training_drives_validation_loss_down(trained):
     card = checkpoint.read_card(trained)
     history = card["metrics"]["history"]
@@ -126,6 +127,7 @@ def test_training_drives_validation_loss_down(trained):
     assert card["training"]["settings"] == TINY.as_json()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(trained, pairs_dir, tmp_path):
     out = tmp_path / "resumed"
 

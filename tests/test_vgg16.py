@@ -60,6 +60,7 @@ def lpips_reference(images):
     return dict(zip(TAP_NAMES, taps, strict=True))
 
 
+@pytest.mark.slow
 def test_lpips_parity(images, lpips_reference):
     model = SensitivityNet()
     variables = convert.sensitivity_variables(model, convert.from_lpips(), key=jax.random.key(0))
@@ -76,6 +77,7 @@ def test_lpips_scaling_is_imagenet_normalization(images):
     np.testing.assert_allclose((2 * images - 1 - shift) / scale, torchvision_normalized(images), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrong", ["caffe", "unnormalized"])
 def test_lpips_parity_needs_imagenet_normalization(images, lpips_reference, wrong):
     x = images if wrong == "unnormalized" else normalize(jnp.asarray(images), "caffe")
@@ -297,6 +299,7 @@ def test_fcn_head_equals_naive_fusion(images, stages):
     assert set(head) == {f"score_block{k}" for k in stages}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["fcn", "conv3x3"])
 def test_jit_and_vmap(images, head):
     model = SensitivityNet(head=head, width=TINY)
