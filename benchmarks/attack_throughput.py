@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_model(name: str):
     from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, koncept512
-    from hasmap_jax.weights.loading import QualityModel, load_quality_model
+    from hasmap_jax.models.loaded import QualityModel
+    from hasmap_jax.weights.loading import load_quality_model
 
     if name == "default":
         return load_quality_model("default")

@@ -35,6 +35,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"--out {args.out}: exists; give a new folder (nothing is overwritten)")
 
     from hasmap_jax.training import data as qd
+    from hasmap_jax.training import evaluate as tev
     from hasmap_jax.training import train as tq
 
     print(format_machine(describe_machine()))
@@ -45,7 +46,7 @@ def main(argv=None) -> None:
         qd.effective_severity = lambda kind, severity, clean, degraded, **_: float(severity)
     config = tq.TrainConfig()
     start = time.perf_counter()
-    train_images = tq._prepared("train", args.photo_root, print)
+    train_images = qd.prepared_photos("train", args.photo_root, print)
     module = tq.make_model()
     variables = tq.train(
         module,
@@ -63,9 +64,9 @@ def main(argv=None) -> None:
     qd.effective_severity = capped  # evaluation labels as always
     print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
     for split in ("heldout", "unseen"):
-        photos = tq._prepared(split, args.photo_root, print)
+        photos = qd.prepared_photos(split, args.photo_root, print)
         print(f"\n{split}:")
-        print(tq.format_report(tq.evaluate(module, variables, photos, views=config.eval_views)), flush=True)
+        print(tev.format_report(tev.evaluate(module, variables, photos, views=config.eval_views)), flush=True)
     card = {"kind": "quality", "config": module.config(), "input_size": list(tq.KONCEPT_INPUT_SIZE)}
     print(f"wrote {tq._write(Path(args.out), variables, card, force=False)}")
 

@@ -2,14 +2,13 @@
 
 from hasmap_jax.attack import AttackResult, attack_batch
 from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2
+from hasmap_jax.models.jnd import JNDSensitivity, jnd_sensitivity
 from hasmap_jax.models.koncept import KonCept512, koncept512, quality_logits
+from hasmap_jax.models.loaded import QualityModel, SensitivityModel
+from hasmap_jax.models.variables import WeightError
 from hasmap_jax.models.vgg16 import SensitivityNet, VGG16Features
-from hasmap_jax.sensitivity.jnd import JNDSensitivity, jnd_sensitivity
 from hasmap_jax.transforms.views import fit_view
-from hasmap_jax.weights.conversion.common import WeightError
 from hasmap_jax.weights.loading import (
-    QualityModel,
-    SensitivityModel,
     convert,
     load_quality_model,
     load_sensitivity_model,

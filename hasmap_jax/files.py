@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 #: Extensions that folder walks pick up (case-insensitive). Files named explicitly are tried whatever
 #: their extension.
@@ -244,10 +245,6 @@ def _to_rgb(
         converted = None
         if icc:
             try:
-                import io
-
-                from PIL import ImageCms
-
                 src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
                 converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
             except Exception:  # a broken profile: fall back to the plain conversion below

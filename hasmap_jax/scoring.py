@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hasmap_jax.transforms.jpeg import pillow_jpeg
 from hasmap_jax.transforms.views import fit_view
 
 
@@ -47,8 +48,6 @@ def score_images(model: Any, images, *, view_size: Any = "auto", jpeg_quality: i
     """
     images = np.asarray(images, np.uint8)
     if jpeg_quality is not None:
-        from hasmap_jax.transforms.jpeg import pillow_jpeg
-
         images = pillow_jpeg(images, int(jpeg_quality))
     vs = resolve_view_size(model, images.shape[1:3], view_size)
     return np.asarray(view_scores(model, jnp.asarray(images), vs))

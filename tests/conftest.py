@@ -55,6 +55,17 @@ def toy_model(height: int, width: int, seed: int = 0, scale: float = 1e-2) -> To
     return ToyQuality(jnp.asarray(w))
 
 
+#: Fixtures that build their reference with a framework of the [reference] extra (torch + timm,
+#: keras): a test that uses one, itself or through another fixture, is a `reference` test.
+REFERENCE_FIXTURES = frozenset({"torch_koncept", "keras_koncept", "torch_files", "keras_files"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REFERENCE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.reference)
+
+
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compile_log: list[str] = []
 jax.monitoring.register_event_duration_secs_listener(

@@ -102,6 +102,7 @@ def test_vmap_equals_loop_of_single_images(batch):
         assert alone.steps[0] == together.steps[i]
 
 
+@pytest.mark.slow
 def test_jit_equals_eager(batch):
     x, model = batch
     plan = L.Plan(steps=12, search_steps=2, optimizer=None, check_every=25, view_size=None, jpeg_chain=())
@@ -148,6 +149,7 @@ def test_progress_reports_steps_inside_the_batch(batch, loop):
     assert len(done) >= 6 and done[0] <= 10, seen  # steps are reported while the batch runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["host", "device"])
 def test_second_call_with_same_shapes_does_not_compile(batch, loop):
     x, model = batch
@@ -278,6 +280,7 @@ def test_near_miss_returns_the_least_distorted_image_rated_low(batch):
     np.testing.assert_array_equal(unreachable.images, x)
 
 
+@pytest.mark.slow
 def test_best_iterate_is_the_least_distorted_success(batch):
     """The returned image is the success with the smallest weighted distortion over all steps, not
     the last one: replay the optimisation step by step and pick it by hand."""
@@ -378,6 +381,7 @@ def test_perturbation_lives_at_the_photo_resolution(batch):
     assert (r.score_before > 50).all()
 
 
+@pytest.mark.slow
 def test_diff_jpeg_approximates_pillow():
     from PIL import Image, ImageFilter
 
@@ -417,6 +421,7 @@ def test_robust_jpeg_survives_real_jpeg(batch):
     )
 
 
+@pytest.mark.slow
 def test_robust_jpeg_chain(batch):
     """A sequence of qualities is a chain of re-encodings: the loss sees every prefix, the result
     reports the score after each real round trip, and bad qualities are refused."""
@@ -527,6 +532,7 @@ def test_robust_jpeg90_profile_is_robust_jpeg(batch):
         A.attack_batch(x, 0.1, model=model, steps=1, robust="instagram")
 
 
+@pytest.mark.slow
 def test_web_profile_survives_what_the_plain_attack_does_not(batch):
     """Judged after the real operations: the plain and the JPEG-90 attacks lose most checkpoints,
     the web profile keeps every one; and each checkpoint's score is the model's on that Pillow
@@ -584,6 +590,7 @@ def test_web_profile_survives_what_the_plain_attack_does_not(batch):
         assert (by_hand(other.images) > 50).mean() > 0.5, robust  # most checkpoints undo it
 
 
+@pytest.mark.slow
 def test_host_loop_equals_device_loop_with_eot_draws(batch):
     x, _ = batch
     model = smooth_and_noisy_toy()
@@ -602,6 +609,7 @@ def test_host_loop_equals_device_loop_with_eot_draws(batch):
     assert compiles() == 0
 
 
+@pytest.mark.slow
 def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
     """With views drawn at random, each step's gradient sees the chains `EOT.draw(step)` picks, but
     an iterate counts as a success (is kept, moves the search) only when the photo and every

@@ -18,6 +18,7 @@ from PIL import Image
 from hasmap_jax import load_quality_model, shipped_models
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, KonCept512
 from hasmap_jax.training import data as qd
+from hasmap_jax.training import evaluate as tev
 from hasmap_jax.training import photos
 from hasmap_jax.training import train as tq
 from hasmap_jax.weights import checkpoint
@@ -92,14 +93,14 @@ def test_default_card(model):
     # the done-when of the default model's specification: >= 95 % of clean photos rated high and of
     # clearly degraded ones rated low, on packages the training never read
     assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
-    assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tq.RANK_GOAL for k in ("blur", "noise", "jpeg"))
+    assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tev.RANK_GOAL for k in ("blur", "noise", "jpeg"))
     assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
     # issue 26: the same in every category of photo, calm ones (smooth by nature) apart
     assert set(unseen["per_category"]) == set(photos.CATEGORIES)
     for category, r in unseen["per_category"].items():
         assert r["photos"] == len(photos.photos("unseen", category=category)), category
         assert r["clean"] >= 0.95 and r["issue_clear"] >= 0.95, (category, r)
-        assert all(v["mean"] <= tq.RANK_GOAL for v in r["severity_rank"].values()), (category, r["severity_rank"])
+        assert all(v["mean"] <= tev.RANK_GOAL for v in r["severity_rank"].values()), (category, r["severity_rank"])
         assert 0.0 <= r["score_range"][0] < r["score_range"][1] <= 100.0, category
 
 
@@ -405,6 +406,7 @@ def test_installed_photo_matches_manifest():
 TINY = dict(width=0.0625, depths=(0, 0, 0), head_widths=(8, 8, 8), dropout_rates=(0.0, 0.0, 0.0))
 
 
+@pytest.mark.slow
 def test_train_step_reduces_loss():
     module = tq.make_model(**TINY)
     tx = tq.make_optimizer(steps=12, learning_rate=1e-2, warmup_steps=1, weight_decay=1e-4)
@@ -421,6 +423,7 @@ def test_train_step_reduces_loss():
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
 
 
+@pytest.mark.slow
 def test_bounded_score_head():
     """score_range (lo, hi): the score is lo + (hi - lo) * sigmoid(the last layer), inside the scale
     whatever the input; None leaves the published, unbounded head."""
@@ -439,6 +442,7 @@ def test_bounded_score_head():
     assert KonCept512.from_config(bounded.config()) == bounded
 
 
+@pytest.mark.slow
 def test_only_an_unbounded_model_gets_the_scale_folded_in():
     """A bounded model is trained on its score and shipped as trained; an unbounded one outputs the
     normalised score and gets the scale folded into fc_out (`fold_score_scale`)."""
@@ -449,6 +453,7 @@ def test_only_an_unbounded_model_gets_the_scale_folded_in():
     np.testing.assert_allclose(out["bias"], variables["params"]["fc_out"]["bias"] * tq.SCORE_SCALE + tq.SCORE_OFFSET)
 
 
+@pytest.mark.slow
 def test_fold_score_scale_and_write(tmp_path):
     module = tq.make_model(**TINY, score_range=None)  # an unbounded head outputs z; training folds the scale in
     variables = module.init({"params": jax.random.key(0)}, jnp.zeros((1, 80, 80, 3)))
@@ -474,7 +479,7 @@ def test_fold_score_scale_and_write(tmp_path):
 
     before = weights()
     report = {"split": "unseen", "accuracy": {"clean": 0.5}}
-    tq.record_evaluation(out, report, command="hasmap train-quality ...")
+    tev.record_evaluation(out, report, command="hasmap train-quality ...")
     card = json.loads((out / checkpoint.CARD_NAME).read_text())
     assert card["unseen_evaluation"] == {**report, "command": "hasmap train-quality ..."}
     assert card["note"] == "second"  # the rest of the card is kept
@@ -614,17 +619,17 @@ def test_severity_rank_correlation_follows_the_score():
     nominal = [0.0, 0.0] + [s for _ in qd.KINDS for s in qd.LEVELS]
     kinds, nominal = np.asarray(kinds * 2), np.asarray(nominal * 2)
     falling = 80.0 - 50.0 * nominal
-    rank = tq.severity_rank_correlations(falling, kinds, nominal)
+    rank = tev.severity_rank_correlations(falling, kinds, nominal)
     assert all(r["mean"] == pytest.approx(-1.0) and r["share_at_goal"] == 1.0 for r in rank.values())
     assert all(r["views"] == 2 for r in rank.values())
     rising = falling.copy()
     blur = kinds == "blur"
     rising[blur] = 90.0 + nominal[blur]  # blurred images above their clean ones, and rising
-    rank = tq.severity_rank_correlations(rising, kinds, nominal)
+    rank = tev.severity_rank_correlations(rising, kinds, nominal)
     assert rank["blur"]["mean"] == pytest.approx(1.0) and rank["blur"]["share_at_goal"] == 0.0
     assert rank["noise"]["mean"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="clean view"):
-        tq.severity_rank_correlations(falling[2:], kinds[2:], nominal[2:])
+        tev.severity_rank_correlations(falling[2:], kinds[2:], nominal[2:])
 
 
 def test_evaluate_reports_rank_correlation_and_score_range():
@@ -637,7 +642,7 @@ def test_evaluate_reports_rank_correlation_and_score_range():
             return (1000.0 * dx,)
 
     photo = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))  # uint8, as load_photo gives
-    report = tq.evaluate(Sharpness(), {}, [photo, photo], views=1, groups=["a", "b"])
+    report = tev.evaluate(Sharpness(), {}, [photo, photo], views=1, groups=["a", "b"])
     assert report["per_kind"]["blur"]["severity_rank"]["mean"] == pytest.approx(-1.0)
     assert report["score_range"][0] < report["score_range"][1]
     # the specification's clearly degraded views: per photo and view, blur sigma 3 and 5.3, noise
@@ -646,12 +651,12 @@ def test_evaluate_reports_rank_correlation_and_score_range():
     assert [issue[k]["n"] for k in ("blur", "noise", "jpeg", "all")] == [4, 6, 6, 16]
     assert report["accuracy"]["issue_clear"] == issue["all"]["share_low"]
     assert set(report["per_group"]) == {"a", "b"} and report["per_group"]["a"]["photos"] == 1
-    text = tq.format_report(report)
+    text = tev.format_report(report)
     assert "rank correlation per view" in text and "blur -1.00" in text
     assert "blur sigma >= 3" in text and "  a: 1 photos" in text and "per package:" in text
     assert "per_category" not in report and "per category" not in text  # only when categories are given
     with pytest.raises(ValueError, match="groups"):
-        tq.evaluate(Sharpness(), {}, [photo], views=1, groups=["a", "b"])
+        tev.evaluate(Sharpness(), {}, [photo], views=1, groups=["a", "b"])
 
 
 def test_evaluate_reports_each_category_as_its_own_evaluation():
@@ -666,25 +671,25 @@ def test_evaluate_reports_each_category_as_its_own_evaluation():
     yy, xx = np.mgrid[:420, :600]
     calm = np.stack([60 + 120 * xx / 600, 120 + 0 * yy, 200 - 80 * yy / 420], -1).astype(np.uint8)  # a smooth sky
     detailed = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
-    report = tq.evaluate(Sharpness(), {}, [calm, detailed], views=1, groups=["p", "q"], categories=["calm", "general"])
-    alone = tq.evaluate(Sharpness(), {}, [calm], views=1)  # the calm photo first: the same samples
+    report = tev.evaluate(Sharpness(), {}, [calm, detailed], views=1, groups=["p", "q"], categories=["calm", "general"])
+    alone = tev.evaluate(Sharpness(), {}, [calm], views=1)  # the calm photo first: the same samples
     per = report["per_category"]
     assert set(per) == {"calm", "general"} and per["calm"]["photos"] == per["general"]["photos"] == 1
     assert per["calm"]["clean"] == alone["accuracy"]["clean"] == 0.0 and per["general"]["clean"] == 1.0
     assert per["calm"]["issue_clear"] == alone["accuracy"]["issue_clear"]
     assert per["calm"]["score_range"] == alone["score_range"]
-    for kind in tq.SUMMARY_KINDS:
+    for kind in tev.SUMMARY_KINDS:
         assert per["calm"]["severity_rank"][kind]["mean"] == pytest.approx(
             alone["per_kind"][kind]["severity_rank"]["mean"], nan_ok=True
         )
         assert per["calm"]["issue_clear_per_kind"][kind] == alone["issue_clear"][kind]["share_low"]
     assert per["general"]["severity_rank"]["blur"]["mean"] == pytest.approx(-1.0)
     np.testing.assert_equal(report["per_group"]["p"], per["calm"])  # one photo per package: the same figures
-    text = tq.format_report(report)
+    text = tev.format_report(report)
     assert "per category:" in text and "  calm: 1 photos, clean rated high 0.0%" in text
     assert "per package:" in text and "rank blur" in text
     with pytest.raises(ValueError, match="categories"):
-        tq.evaluate(Sharpness(), {}, [calm], views=1, categories=["calm", "general"])
+        tev.evaluate(Sharpness(), {}, [calm], views=1, categories=["calm", "general"])
 
 
 def test_evaluation_adds_the_clear_samples_without_moving_the_others():

@@ -158,7 +158,7 @@ def test_results_files_and_report(tmp_path, model):
     page = report.write_report(ev, out).read_text()
     assert html.escape(odd.removesuffix(".png")) in page and "<b>&" not in page
     srcs = re.findall(r'src="([^"]+)"', page)
-    assert len(srcs) == 4 * (2 + 2 * 2)  # per photo: original, map, and (protected, diff) per run
+    assert len(srcs) == 4 * (2 + 2 * 2)  # per photo: original, map, and (change, protected) per run
     for s in srcs:
         assert not s.startswith(("/", "file:", "http")) and (out / s).is_file()
     assert page.count("<svg") == 1 and "<polyline" in page  # two runs: accuracy against PSNR
@@ -194,9 +194,39 @@ def test_svg_plot():
     assert "&lt;" in report.svg_plot([(1, 2, "<")], x_label="x", y_label="y")
 
 
-def test_difference_gain():
-    # (The report's sensitivity colours are `hasmap_jax.sensitivity.render.colorize`, tested with it.)
-    assert report.difference_gain(1) == 100 and report.difference_gain(5) == 20 and report.difference_gain(300) == 1
+def test_change_panel_shows_a_change_of_one_or_two_levels_beside_the_map(tmp_path, model):
+    """Issue 25: the difference panel was flat grey for changes of 1-2 levels. The heat map shows
+    them white (2 levels), grey (1 level) and black (none), states its scale, and sits right after
+    the sensitivity map. (The map's colours are `hasmap_jax.sensitivity.render.colorize`, tested there.)"""
+    o, p = tmp_path / "orig", tmp_path / "prot"
+    original = save_photo(o / "a.png", seed=3)
+    h, w = original.shape[:2]
+    away = np.where(original > 127, -1, 1)  # each change points away from the clipped end
+    changed = original.astype(np.int16)
+    changed[: h // 2, : w // 2] += 2 * away[: h // 2, : w // 2]
+    changed[h // 2 :, : w // 2, 1] += away[h // 2 :, : w // 2, 1]  # one level, green only: max over channels
+    p.mkdir()
+    Image.fromarray(changed.astype(np.uint8)).save(p / "a.png")
+    ev = E.evaluate(o, [p], model=model, lpips=False, jpeg_quality=None)
+    page = report.write_report(ev, tmp_path / "ev").read_text()
+
+    panel = np.asarray(Image.open(tmp_path / "ev" / "report_files" / "0000-r0-change.png").convert("L"))
+    assert (panel[: h // 2, : w // 2] == 255).all() and (panel[h // 2 :, : w // 2] == 128).all()
+    assert (panel[:, w // 2 :] == 0).all()
+    assert html.escape(report.change_caption(2)) in page and "white = 2 levels of 255" in page
+    srcs = [s.rsplit("-", 1)[-1] for s in re.findall(r'src="([^"]+)"', page)]
+    assert srcs == ["original.png", "sensitivity.png", "change.png", "protected.png"]
+
+
+def test_change_scale_is_a_high_percentile_of_the_changed_pixels():
+    few_large = np.zeros((100, 100), np.float32)
+    few_large[:50] = 3.0  # the change
+    few_large[0, :10] = 200.0  # 10 of 5000 changed pixels: clipped, they do not set the scale
+    assert report.change_scale([few_large]) == 3
+    assert report.change_scale([np.zeros((4, 4)), np.full((4, 4), 0.5)]) == 1  # at least 1 level
+    assert report.change_scale([few_large, 2 * few_large]) == 6  # one scale for all runs of a photo
+    assert report.change_scale([]) == 1
+    assert report.change_caption(1) == "white = 1 level of 255 or more, black = unchanged"
 
 
 @pytest.fixture

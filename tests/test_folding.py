@@ -17,9 +17,13 @@ from conftest import random_images
 
 import hasmap_jax
 from hasmap_jax.models import folding
-from hasmap_jax.models.folding import abstract_variables, fold_batchnorm
+from hasmap_jax.models.folding import fold_batchnorm
 from hasmap_jax.models.koncept import KonCept512, koncept512
-from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
+from hasmap_jax.models.variables import WeightError, abstract_variables, flatten, unflatten
+
+# Every test here folds tiny KonCept512s of both layouts, built once per module: compiling them
+# makes whichever test comes first slow.
+pytestmark = pytest.mark.slow
 
 # The timm reference of test_koncept, reused: pytest finds fixtures by module attribute.
 torch_koncept, torch_loaded = test_koncept.torch_koncept, test_koncept.torch_loaded

@@ -282,6 +282,7 @@ def _hasmap(args, env, **kw):
     )
 
 
+@pytest.mark.subprocess
 def test_two_processes_started_by_hand_protect_a_folder(tmp_path):
     src = tmp_path / "in"
     mixed_folder(src)

@@ -53,6 +53,7 @@ def tie_free_photos(n, h, w, seed):
     return (x / 255.0).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h, w", [(48, 64), (50, 70), (33, 17)])
 @pytest.mark.parametrize("quality", [90, 50])
 def test_diff_jpeg_matches_plain_formulation(h, w, quality):
@@ -65,6 +66,7 @@ def test_diff_jpeg_matches_plain_formulation(h, w, quality):
     np.testing.assert_allclose(g_ours, g_ref, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_diff_jpeg_vmap_and_jit():
     x = jnp.asarray(tie_free_photos(4, 32, 48, seed=3)).reshape(2, 2, 32, 48, 3)
     f = lambda v: J.diff_jpeg(v, 90)  # noqa: E731

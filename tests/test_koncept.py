@@ -17,7 +17,7 @@ import hasmap_jax
 from hasmap_jax.files import sha256_file
 from hasmap_jax.models.inception_resnet_v2 import feature_map_size
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, koncept512, quality_logits
-from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.models.variables import WeightError
 
 RTOL = 1e-4  # the parity tolerance (relative, on the score)
 SIZE = KONCEPT_INPUT_SIZE  # 384x512: the map is 10x14, where AvgPool2d(8) sees only a corner
@@ -215,6 +215,7 @@ def test_truncated_h5_is_a_clear_error(keras_koncept, tmp_path):
         hasmap_jax.load_quality_model(cut)
 
 
+@pytest.mark.reference
 def test_pickle_with_code_is_refused(tmp_path):
     torch = pytest.importorskip("torch", reason="reference extra (torch) not installed")
     path = tmp_path / "evil.pth"
@@ -264,12 +265,14 @@ def tiny(request):
     return model, variables, jnp.asarray(x)
 
 
+@pytest.mark.slow
 def test_jit_equals_eager(tiny):
     model, variables, x = tiny
     eager = model.apply(variables, x)[0]
     np.testing.assert_allclose(scores(model, variables, x), eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop_equals_batch(tiny):
     model, variables, x = tiny
     batch = scores(model, variables, x)
@@ -280,6 +283,7 @@ def test_vmap_equals_loop_equals_batch(tiny):
     np.testing.assert_allclose(vmapped, batch, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_quality_model_is_a_pytree_and_compiles_once(tiny):
     model, variables, x = tiny
     qm = hasmap_jax.QualityModel(model, variables, {"input_size": [299, 331]})
@@ -305,6 +309,7 @@ def test_quality_logits_threshold():
     np.testing.assert_array_equal(jnp.argmax(quality_logits(s, threshold=60.0), -1), [1, 1, 1, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,7 @@ def test_every_package_of_the_tree_is_listed():
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
 
 
+@pytest.mark.subprocess
 def test_wheel_protects_a_photo_from_another_folder_with_the_default_model(tmp_path):
     """A built wheel (not the checkout) carries weights/default: `hasmap protect` works with it."""
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"

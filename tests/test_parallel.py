@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,7 @@ print("RESULT", json.dumps({
 """
 
 
+@pytest.mark.subprocess
 def test_sharded_over_8_devices_equals_single_device():
     r = _run(SHARDED, devices=8)
     assert r["n"] == 5
@@ -85,6 +87,7 @@ with open(f"{out}/report{pid}.json", "w") as f:
 """
 
 
+@pytest.mark.subprocess
 def test_two_processes_share_the_work(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))

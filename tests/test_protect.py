@@ -115,6 +115,7 @@ def chain(call) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mixed_sizes_batched_by_size_at_own_resolution(tmp_path, model, spy):
     src = tmp_path / "in"
     for i in range(3):
@@ -162,6 +163,7 @@ def test_progress_reports_steps_inside_each_batch(tmp_path, model):
     assert done == sorted(done) and seen[-1][:2] == (3, 3)
 
 
+@pytest.mark.subprocess
 def test_second_run_on_new_photos_compiles_nothing(tmp_path):
     """With the persistent compilation cache (on by default in the command line), a second
     `hasmap protect` on new photos of a known size starts attacking without compiling."""
@@ -418,6 +420,7 @@ def test_foreign_output_file_kept_and_name_collisions_reported(tmp_path, model):
     assert {r.input.name: r.status for r in s.results}["b.png"] == "ok"
 
 
+@pytest.mark.slow
 def test_jpeg_output_is_attacked_through_jpeg(tmp_path, model, spy):
     from hasmap_jax.transforms.jpeg import pillow_jpeg
     from hasmap_jax.transforms.views import fit_view_np
@@ -585,6 +588,7 @@ def _examples_and_default_model() -> bool:
     return EXAMPLES.is_dir() and any(EXAMPLES.glob("*.png")) and (weights_dir() / "default").is_dir()
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not _examples_and_default_model(), reason="needs examples/ and weights/default")
 def test_protect_then_evaluate_end_to_end_from_the_command_line(tmp_path):
     """The shipped example photos with the shipped default model, through the `hasmap` command."""
@@ -611,6 +615,7 @@ def test_protect_then_evaluate_end_to_end_from_the_command_line(tmp_path):
     assert (ev / "report.html").is_file() and len(list((ev / "report_files").glob("*.png"))) == 4 * n
 
 
+@pytest.mark.slow
 def test_robust_web_records_every_checkpoint(tmp_path, model):
     """`--robust web`: the attack is judged after each of the profile's real operations, recorded per photo."""
     from hasmap_jax.transforms.profiles import PROFILES
@@ -960,6 +965,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_end_the_run_with_its_summary(tmp_path, toy_loader, capsys, sig, code):
     src, out = tmp_path / "in", tmp_path / "out"

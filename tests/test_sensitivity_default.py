@@ -96,6 +96,7 @@ def test_values_in_unit_interval(kind):
     assert np.all(s > 0) and np.all(s <= 1.0)
 
 
+@pytest.mark.slow
 def test_jit_equals_eager_and_vmap_equals_loop():
     x = jnp.asarray(photo_like(3, size=24))
     eager = np.asarray(jnd_sensitivity(x))  # op by op
@@ -119,6 +120,7 @@ def test_default_model_and_the_attack_use_the_same_map():
     assert dict(model.card)["kind"] == "sensitivity"
 
 
+@pytest.mark.slow
 def test_gradient_is_finite():
     x = jnp.asarray(photo_like(2))
     g = jax.jit(jax.grad(lambda v: jnp.sum(jnd_sensitivity(v) * jnp.linspace(0, 1, v.shape[2]))))(x)

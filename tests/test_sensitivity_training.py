@@ -13,10 +13,11 @@ from PIL import Image
 
 from hasmap_jax import load_sensitivity_model
 from hasmap_jax.cli import build_parser
+from hasmap_jax.models.variables import WeightError
 from hasmap_jax.sensitivity import data as sd
 from hasmap_jax.sensitivity import jnd_sensitivity
 from hasmap_jax.sensitivity.render import colorize, overlay, to_uint8, write_sensitivity_maps
-from hasmap_jax.sensitivity.train import (
+from hasmap_jax.training.sensitivity import (
     STATE_DIR,
     TrainConfig,
     initial_variables,
@@ -24,7 +25,6 @@ from hasmap_jax.sensitivity.train import (
     train_sensitivity,
 )
 from hasmap_jax.weights import checkpoint
-from hasmap_jax.weights.conversion.common import WeightError
 
 SIZE = 64
 #: A tiny network and a short, fast run; `TINY_ARGS` is the same on the command line.
@@ -106,6 +106,7 @@ def trained(pairs_dir, tmp_path_factory):
 # Training, resuming, loading
 
 
+@pytest.mark.slow
 def test_training_drives_validation_loss_down(trained):
     card = checkpoint.read_card(trained)
     history = card["metrics"]["history"]
@@ -126,6 +127,7 @@ def test_training_drives_validation_loss_down(trained):
     assert card["training"]["settings"] == TINY.as_json()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(trained, pairs_dir, tmp_path):
     out = tmp_path / "resumed"
 
@@ -179,7 +181,7 @@ def test_output_directory_with_other_files_is_refused(pairs_dir, tmp_path):
 
 @pytest.mark.parametrize("head", ["fcn", "conv3x3"])
 def test_training_starts_from_the_lpips_imagenet_backbone(head):
-    from hasmap_jax.sensitivity.train import _programs
+    from hasmap_jax.training.sensitivity import _programs
     from hasmap_jax.weights.conversion.vgg16 import from_lpips
 
     config = TrainConfig(head=head)  # otherwise the defaults: full VGG16, lpips backbone

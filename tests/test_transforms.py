@@ -51,6 +51,7 @@ def mad(a, b) -> float:
 # ---------------------------------------------------------------- against Pillow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bicubic", "lanczos", "bilinear"])
 @pytest.mark.parametrize("factor", [0.5, 0.6, 0.75, 0.9, 1.0])
 def test_downscale_matches_pillow(method, factor):
@@ -88,6 +89,7 @@ def test_resize_weights_by_hand():
     assert R.resample_band(16, 8).shape == (8, 16) and R.resample_band(16, 8).transpose().shape == (16, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [0.3, 0.5, 0.8, 1.0, 1.2, 1.5])
 def test_gaussian_blur_matches_pillow(sigma):
     for x in (photos(), photos(37, 53, seed=4, smooth=True)):
@@ -114,6 +116,7 @@ def test_blur_is_pillows_box_approximation_of_sigma():
     assert mad(levels(B.gaussian_blur(unit(x), sigma=0)), B.pillow_gaussian_blur(x, sigma=0)) <= BOUND
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.5, 0.8, 0.9, 0.95])
 def test_center_crop_resize_matches_pillow(fraction):
     for x in (photos(), photos(37, 53, seed=4)):
@@ -132,6 +135,7 @@ def test_hflip_is_exact():
     np.testing.assert_array_equal(G.pillow_hflip(x), x[:, :, ::-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["jpeg60", "resize0.75+jpeg75", "resize0.5+jpeg85", "blur1+jpeg80", "crop0.9+jpeg85", "flip+jpeg75"],
@@ -225,6 +229,7 @@ def test_transform_gradient_is_its_linear_map(op, passes):
     assert float(jnp.abs(vjp(ct)[0]).mean()) > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resize0.5+jpeg85", "lanczos0.75", "blur1+jpeg80", "crop0.9+jpeg85", "flip+jpeg75"])
 def test_chain_gradients_are_finite(name):
     x = unit(photos(24, 32, smooth=True))
@@ -233,6 +238,7 @@ def test_chain_gradients_are_finite(name):
     assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).mean()) > 1e-3
 
 
+@pytest.mark.slow
 def test_chain_jit_equals_eager_and_vmap_equals_loop():
     x = unit(np.stack([photos(24, 32, seed=s) for s in (1, 2)]))  # (2, 2, 24, 32, 3)
     chain = C.parse_chain("resize0.75+blur1+crop0.9+flip")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hasmap_jax.models.variables import WeightError, flatten, unflatten
 from hasmap_jax.models.vgg16 import (
     BLOCK_CHANNELS,
     BLOCK_DEPTHS,
@@ -20,7 +21,6 @@ from hasmap_jax.models.vgg16 import (
     normalize,
 )
 from hasmap_jax.weights.conversion import vgg16 as convert
-from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
 
 SIZE = (64, 96)  # not square, not a power of two per side after pooling: (2, 3) at block5_pool
 BLOCK_OUTPUTS = TAP_NAMES + tuple(f"block{b}_pool" for b in range(1, 6))
@@ -60,6 +60,7 @@ def lpips_reference(images):
     return dict(zip(TAP_NAMES, taps, strict=True))
 
 
+@pytest.mark.slow
 def test_lpips_parity(images, lpips_reference):
     model = SensitivityNet()
     variables = convert.sensitivity_variables(model, convert.from_lpips(), key=jax.random.key(0))
@@ -76,6 +77,7 @@ def test_lpips_scaling_is_imagenet_normalization(images):
     np.testing.assert_allclose((2 * images - 1 - shift) / scale, torchvision_normalized(images), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrong", ["caffe", "unnormalized"])
 def test_lpips_parity_needs_imagenet_normalization(images, lpips_reference, wrong):
     x = images if wrong == "unnormalized" else normalize(jnp.asarray(images), "caffe")
@@ -297,6 +299,7 @@ def test_fcn_head_equals_naive_fusion(images, stages):
     assert set(head) == {f"score_block{k}" for k in stages}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["fcn", "conv3x3"])
 def test_jit_and_vmap(images, head):
     model = SensitivityNet(head=head, width=TINY)

@@ -35,6 +35,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, size", CASES)
 def test_fit_view_matches_jax_resize(shape, size):
     x = jnp.asarray(random_images(2, *shape, seed=1))

@@ -7,7 +7,7 @@ library and prints; the work itself is done by the library.
     hasmap score              cli/score.py              quality scores of images
     hasmap protect            cli/protect.py            protect photos (hasmap_jax.protect)
     hasmap evaluate           cli/evaluate.py           accuracy, distortion, HTML report (hasmap_jax.evaluation)
-    hasmap train-sensitivity  cli/train_sensitivity.py  train the sensitivity network (hasmap_jax.sensitivity.train)
+    hasmap train-sensitivity  cli/train_sensitivity.py  train the sensitivity network (hasmap_jax.training.sensitivity)
     hasmap sensitivity        cli/sensitivity.py        sensitivity maps as PNG (hasmap_jax.sensitivity.render)
     hasmap train-quality      cli/train_quality.py      train the default quality model (hasmap_jax.training.train)
 
@@ -29,6 +29,7 @@ from hasmap_jax.cli import (
     train_quality,
     train_sensitivity,
 )
+from hasmap_jax.models.variables import WeightError
 
 COMMANDS = (convert, score, protect, evaluate, train_sensitivity, sensitivity, train_quality)
 
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from hasmap_jax.weights.conversion.common import WeightError
-
     try:
         return args.func(args)
     except (WeightError, FileNotFoundError, FileExistsError, ValueError) as e:

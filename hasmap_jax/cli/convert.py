@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hasmap_jax.weights.loading import convert
+
 
 def register(subparsers) -> None:
     c = subparsers.add_parser("convert", help="convert KonCept512 .pth / .h5 weights into a hasmap_jax checkpoint")
@@ -16,8 +18,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hasmap_jax.weights.loading import convert
-
     out = convert(args.src, args.dst)
     print(f"wrote {out} (model card: {out / 'model_card.json'})")
     return 0

@@ -12,7 +12,11 @@ from pathlib import Path
 
 from hasmap_jax.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, jpeg_quality, positive_int
 from hasmap_jax.cli.progress import photo_progress
+from hasmap_jax.evaluation import evaluate, write_results
+from hasmap_jax.evaluation.report import write_report
+from hasmap_jax.models.variables import WeightError
 from hasmap_jax.runtime import compile_cache
+from hasmap_jax.transforms.chain import parse_chains
 
 EVALUATE_EPILOG = """\
 protocol (MediaEval 2020 Pixel Privacy): each protected photo is JPEG-compressed at --jpeg-quality
@@ -74,8 +78,6 @@ def register(subparsers) -> None:
 
 def attack_list(text: str):
     """--attacks: chains of named operations (`hasmap_jax.transforms.chain.parse_chains`)."""
-    from hasmap_jax.transforms.chain import parse_chains
-
     try:
         return parse_chains(text)
     except ValueError as e:
@@ -84,10 +86,6 @@ def attack_list(text: str):
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates the runs, writes results (and the report) and prints one summary line per run."""
-    from hasmap_jax.evaluation import evaluate, write_results
-    from hasmap_jax.evaluation.report import write_report
-    from hasmap_jax.weights.conversion.common import WeightError
-
     err = sys.stderr
     out = args.output
     try:

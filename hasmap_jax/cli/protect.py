@@ -344,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, received: list[int]) -> int:
+    from hasmap_jax.models.variables import WeightError
     from hasmap_jax.protect import (
         FolderLocked,
         ProtectInterrupted,
@@ -354,7 +355,6 @@ def _run(args: argparse.Namespace, received: list[int]) -> int:
         plan,
         protect_paths,
     )
-    from hasmap_jax.weights.conversion.common import WeightError
 
     err = sys.stderr
     try:

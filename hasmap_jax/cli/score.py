@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hasmap_jax.files import DEFAULT_MAX_PIXELS
+from hasmap_jax.files import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from hasmap_jax.runtime import compile_cache
+from hasmap_jax.scoring import score_images
 
 
 def register(subparsers) -> None:
@@ -29,8 +30,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prints `NAME<tab>SCORE<tab>high|low` per image; an unreadable image is reported (exit status 1)."""
-    from hasmap_jax.files import ImageReadError, read_image
-    from hasmap_jax.scoring import score_images
     from hasmap_jax.weights.loading import load_quality_model  # looked up now: tests replace it
 
     compile_cache.from_args(args)

@@ -9,6 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from hasmap_jax.sensitivity import resolve_sensitivity
+from hasmap_jax.sensitivity.data import DataError
+from hasmap_jax.sensitivity.render import check_outputs, write_sensitivity_map
+
 
 def register(subparsers) -> None:
     s = subparsers.add_parser(
@@ -35,10 +39,6 @@ def run(args: argparse.Namespace) -> int:
 
     A photo that cannot be read is reported and skipped (exit status 1); the others are written.
     """
-    from hasmap_jax.sensitivity import resolve_sensitivity
-    from hasmap_jax.sensitivity.data import DataError
-    from hasmap_jax.sensitivity.render import check_outputs, write_sensitivity_map
-
     check_outputs(args.images, args.output)  # before any work: nothing is written if a name is taken
     model = resolve_sensitivity(args.model)
     status = 0

@@ -1,7 +1,7 @@
 """`hasmap train-quality --photo-root DIR [--force]`: train the shipped default quality model.
 
 Arguments and printing over `hasmap_jax.training.train.train_default_model` (and
-`evaluate_checkpoint` with --evaluate); the photos, their installation and the training are
+`hasmap_jax.training.evaluate.evaluate_checkpoint` with --evaluate); the photos, their installation and the training are
 described in `hasmap_jax.training`.
 """
 
@@ -11,6 +11,12 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from hasmap_jax.training import train
+from hasmap_jax.training.data import check_kinds
+from hasmap_jax.training.evaluate import evaluate_checkpoint, format_report, record_evaluation
+from hasmap_jax.training.train import Phase, TrainConfig, train_default_model
+from hasmap_jax.weights.loading import weights_dir
 
 EPILOG = """\
 examples:
@@ -30,10 +36,7 @@ exit status: 0 done, 2 --out exists without --force (nothing written) or another
 
 
 def register(subparsers) -> None:
-    from hasmap_jax.training import train
-    from hasmap_jax.weights.loading import weights_dir
-
-    d, (patches, full) = train.TrainConfig(), train.DEFAULT_PHASES
+    d, (patches, full) = TrainConfig(), train.DEFAULT_PHASES
     p = subparsers.add_parser(
         "train-quality",
         help="train the shipped default quality model (a small KonCept512) on licensed photos",
@@ -101,22 +104,12 @@ def register(subparsers) -> None:
 
 def _phases(args: argparse.Namespace):
     """The patch phase and the whole-view phase; one given 0 steps is left out."""
-    from hasmap_jax.training.train import Phase
-
     phases = (Phase(args.steps, args.batch_size, tuple(args.patch)), Phase(args.full_steps, args.full_batch_size, None))
     return tuple(p for p in phases if p.steps > 0)
 
 
 def run(args: argparse.Namespace) -> int:
     """Trains and writes --out (or, with --evaluate, prints a checkpoint's held-out evaluation)."""
-    from hasmap_jax.training.train import (
-        TrainConfig,
-        evaluate_checkpoint,
-        format_report,
-        record_evaluation,
-        train_default_model,
-    )
-
     command = shlex.join(["hasmap", *getattr(args, "argv", sys.argv[1:])])  # `main` sets args.argv
     if args.record and args.evaluate is None:
         print("--record writes an evaluation into a checkpoint's card: give --evaluate CHECKPOINT", file=sys.stderr)
@@ -131,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"{out} exists; pass --force to replace it", file=sys.stderr)
         return 2
-    from hasmap_jax.training.data import check_kinds
-
     try:
         kinds = check_kinds(k.strip() for k in args.kinds.split(",") if k.strip())
     except ValueError as e:

@@ -1,6 +1,6 @@
 """`hasmap train-sensitivity DATA_DIR -o OUT_DIR [--head fcn|conv3x3] [--epochs 30] [--size 384x512] ...`
 
-Arguments and printing over `hasmap_jax.sensitivity.train.train_sensitivity` (data layouts and
+Arguments and printing over `hasmap_jax.training.sensitivity.train_sensitivity` (data layouts and
 bad-data rules in `hasmap_jax.sensitivity.data`); running it again on an unfinished OUT_DIR resumes it.
 """
 
@@ -12,6 +12,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from hasmap_jax.models.vgg16 import HEADS
+from hasmap_jax.sensitivity.data import DataWarning
+from hasmap_jax.training.sensitivity import BACKBONES, TrainConfig, train_sensitivity
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -22,9 +26,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(subparsers) -> None:
-    from hasmap_jax.models.vgg16 import HEADS
-    from hasmap_jax.sensitivity.train import BACKBONES, TrainConfig
-
     d = TrainConfig()
     t = subparsers.add_parser(
         "train-sensitivity",
@@ -65,8 +66,6 @@ def register(subparsers) -> None:
 @contextlib.contextmanager
 def _data_warnings(prog: str):
     """Shows `DataWarning`s as one plain line each ("hasmap CMD: warning: ..."), every time."""
-    from hasmap_jax.sensitivity.data import DataWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
         original = warnings.showwarning
@@ -83,8 +82,6 @@ def _data_warnings(prog: str):
 
 def run(args: argparse.Namespace) -> int:
     """Trains (or resumes) and prints where the model is and its validation metrics."""
-    from hasmap_jax.sensitivity.train import TrainConfig, train_sensitivity
-
     config = TrainConfig(
         head=args.head,
         width=args.width,

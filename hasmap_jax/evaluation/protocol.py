@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
+from PIL import features
 
 from hasmap_jax.evaluation.matching import Match, manifest_settings, match_files
 from hasmap_jax.files import DEFAULT_MAX_PIXELS, ImageReadError, read_image
@@ -43,6 +45,7 @@ from hasmap_jax.metrics import METRICS, distortion_metrics
 from hasmap_jax.protect.manifest import model_identity
 from hasmap_jax.scoring import resolve_view_size, score_images
 from hasmap_jax.transforms.chain import Chain, chain_name, model_view_size, parse_chains, pillow_chains
+from hasmap_jax.weights.loading import load_quality_model
 
 #: Columns of `results.csv`, in order.
 CSV_COLUMNS = (
@@ -256,8 +259,6 @@ def evaluate(
     chains = parse_chains(attacks) if attacks else ()
     _check_codecs(chains)
     if model is None:
-        from hasmap_jax.weights.loading import load_quality_model
-
         model = load_quality_model(model_name)
     config = {
         "model": model_identity(model_name, model),
@@ -310,8 +311,6 @@ def evaluate(
 
 
 def _pillow_version() -> str:
-    import PIL
-
     return PIL.__version__
 
 
@@ -332,8 +331,6 @@ def _unique_names(paths: Sequence[Path], names: Sequence[str] | None) -> list[st
 
 
 def _check_codecs(chains: Sequence[Chain]) -> None:
-    from PIL import features
-
     if any(op.kind == "webp" for c in chains for op in c) and not features.check("webp"):
         raise ValueError("webp: this Pillow was built without WebP support")
 

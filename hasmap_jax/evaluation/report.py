@@ -5,11 +5,14 @@ is self-contained (no script, no network, no absolute paths), so it can be zippe
 files rather than base64 so that the page stays small and each panel can be opened at full size.
 
 Per photo: the original, its sensitivity map (the default JND map; bright = a change is most
-visible), then per run the protected photo and the difference amplified around mid-grey (the gain is
-shown; one gain per photo across runs so runs compare). Photos larger than `max_preview` pixels on a
-side are shown as a centre crop at 100 % (the perturbation is pixel-level: a downscaled preview would
-hide it). With several runs (e.g. an alpha sweep) the page starts with accuracy against distortion
-(mean PSNR, mean LPIPS when measured) as inline SVG, drawn here without a plotting library. With
+visible), beside it per run a heat map of where the photo changed (`change_map`: black = unchanged,
+white = the photo's scale, stated in the caption; one scale per photo across runs so runs compare),
+then per run the protected photo. A protection that follows the map puts its change where the map is
+dark. Photos larger than `max_preview` pixels on a side are shown as a centre crop at 100 % (the
+perturbation is pixel-level: a downscaled preview would hide it).
+
+With several runs (e.g. an alpha sweep) the page starts with accuracy against distortion (mean
+PSNR, mean LPIPS when measured) as inline SVG, drawn here without a plotting library. With
 robustness operations (`evaluate(attacks=...)`) a table gives, per operation (JPEG, resizing, blur,
 crop, flip, ...), the share of photos still rated high and rated low per run, and the originals'.
 """
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hasmap_jax.files import ImageReadError, atomic_output, composite_on_white, read_image, write_image
+from hasmap_jax.models.jnd import default_sensitivity
 from hasmap_jax.sensitivity.render import colorize, to_uint8
 
 _CSS = """
@@ -45,21 +49,34 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 """
 
 
-def difference_image(original: np.ndarray, protected: np.ndarray, gain: float) -> np.ndarray:
-    """(H, W, 3) uint8: 128 + gain * (protected - original), per channel, clipped."""
-    d = protected.astype(np.float32) - original.astype(np.float32)
-    return np.clip(np.round(128.0 + gain * d), 0, 255).astype(np.uint8)
+def change_map(original: np.ndarray, protected: np.ndarray) -> np.ndarray:
+    """|protected - original| in 8-bit levels, the largest over R, G and B: (H, W) float32 from two
+    (H, W, 3) uint8 photos."""
+    return np.abs(protected.astype(np.float32) - original.astype(np.float32)).max(axis=-1)
 
 
-def difference_gain(max_abs_diff: float) -> int:
-    """A round gain that maps the largest difference (in 8-bit levels) to about +-100 levels."""
-    if max_abs_diff <= 0:
-        return 1
-    raw = min(100.0, max(1.0, 100.0 / max_abs_diff))
-    for g in (100, 50, 40, 30, 20, 10, 8, 5, 4, 3, 2, 1):
-        if g <= raw:
-            return g
-    return 1
+#: The percentile of a photo's changed pixels that `change_scale` shows as white: a few extreme
+#: pixels do not dim the rest of the heat map.
+CHANGE_PERCENTILE = 99.0
+
+
+def change_scale(changes: Sequence[np.ndarray]) -> int:
+    """Levels of 255 shown as white in a photo's heat maps: the `CHANGE_PERCENTILE`th percentile of
+    its changed pixels (those not 0) over `changes` (`change_map`s, e.g. one per run), rounded up;
+    at least 1. Changes of 1-2 levels thus show white, not the near-black of a fixed scale."""
+    changed = np.concatenate([c[c > 0] for c in changes]) if changes else np.zeros(0)
+    return max(1, math.ceil(np.percentile(changed, CHANGE_PERCENTILE))) if changed.size else 1
+
+
+def change_image(change: np.ndarray, scale: int) -> np.ndarray:
+    """The heat map of a `change_map`: (H, W, 3) uint8 grey, 0 = unchanged, 255 = `scale` levels or more."""
+    grey = np.round(255.0 * np.clip(change / scale, 0.0, 1.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def change_caption(scale: int) -> str:
+    """The heat map's scale, as the report writes it under each panel."""
+    return f"white = {scale} level{'s' if scale != 1 else ''} of 255 or more, black = unchanged"
 
 
 def _nice_step(span: float, target: int = 5) -> float:
@@ -227,8 +244,6 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
     Returns:
       The path of `report.html`.
     """
-    from hasmap_jax.sensitivity import default_sensitivity
-
     out = Path(out)
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
@@ -270,9 +285,12 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
 
     body.append("<h2>Photos</h2>")
     body.append(
-        f'<p class="note">Sensitivity map: bright = a change is most visible there. Difference: '
-        f"128 + gain × (protected − original) per channel; mid-grey = unchanged. Photos larger than "
-        f"{max_preview} px are shown as a centre crop at 100 %. Click a panel to open it at full size.</p>"
+        f'<p class="note">Sensitivity map: bright = a change is most visible there. Change: '
+        "|protected − original| per pixel, the largest of R, G and B, from black (unchanged) to white (the "
+        f"photo's scale in the caption: the {CHANGE_PERCENTILE:g}th percentile of its changed pixels over all "
+        "runs, larger changes clipped); a protection that follows the map changes the photo where the map is "
+        f"dark. Photos larger than {max_preview} px are shown as a centre crop at 100 %. Click a panel to "
+        "open it at full size.</p>"
     )
     keys = sorted({row["key"] for r in runs for row in r.rows})
     rows_by = {(r.name, row["key"]): row for r in runs for row in r.rows}
@@ -302,12 +320,14 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
             row = rows_by.get((r.name, key))
             prot = _rgb(row["protected"]) if row is not None else None
             pairs.append((j, r, row, prot))
-        diffs = [
-            np.abs(p.astype(np.int16) - original.astype(np.int16)).max()
-            for _, _, _, p in pairs
-            if p is not None and p.shape == original.shape
-        ]
-        gain = difference_gain(float(max(diffs))) if diffs else 1
+        # The change panels come first, beside the map they should follow; the photos after them.
+        changes = {
+            j: change_map(original, prot)
+            for j, _, row, prot in pairs
+            if prot is not None and prot.shape == original.shape and not row.get("error")
+        }
+        scale = change_scale(list(changes.values()))
+        photos = []
         for j, r, row, prot in pairs:
             label = html.escape(_run_label(r))
             if row is None:
@@ -318,6 +338,19 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
                     f'<figure><figcaption class="err">{label}: cannot read the protected file</figcaption></figure>'
                 )
                 continue
+            if row.get("error"):
+                body.append(f'<figure><figcaption class="err">{html.escape(row["error"])}</figcaption></figure>')
+            elif j in changes:
+                name = f"{n:04d}-r{j}-change.png"
+                _save_png(_crop(change_image(changes[j], scale), max_preview)[0], files / name)
+                unchanged = " (unchanged)" if not changes[j].any() else ""
+                cap = (
+                    f"<b>{label}</b> · change{unchanged}: {html.escape(change_caption(scale))} · "
+                    f"PSNR {_num(row['psnr'])} dB · SSIM {_num(row['ssim'], '.4f')} · "
+                    f"LPIPS {_num(row['lpips'], '.4f')} · L∞ {_num(_levels(row['linf']), '.0f')}/255 · "
+                    f"weighted L2 {_num(row['weighted_l2'], '.3f')}"
+                )
+                body.append(_figure(name, cap, escape=False))
             name = f"{n:04d}-r{j}-protected.png"
             _save_png(_crop(prot, max_preview)[0], files / name)
             verdict = (
@@ -329,18 +362,8 @@ def write_report(evaluation, out: str | os.PathLike, *, max_preview: int = 768, 
                 f"<b>{label}</b> · score {_num(row['score_protected'])}, {html.escape(after)} "
                 f"{_num(row['score_protected_jpeg'])} → {verdict}"
             )
-            body.append(_figure(name, cap, escape=False))
-            if row.get("error"):
-                body.append(f'<figure><figcaption class="err">{html.escape(row["error"])}</figcaption></figure>')
-                continue
-            name = f"{n:04d}-r{j}-diff.png"
-            _save_png(_crop(difference_image(original, prot, gain), max_preview)[0], files / name)
-            cap = (
-                f"difference × {gain} · PSNR {_num(row['psnr'])} dB · SSIM {_num(row['ssim'], '.4f')} · "
-                f"LPIPS {_num(row['lpips'], '.4f')} · L∞ {_num(_levels(row['linf']), '.0f')}/255 · "
-                f"weighted L2 {_num(row['weighted_l2'], '.3f')}"
-            )
-            body.append(_figure(name, cap))
+            photos.append(_figure(name, cap, escape=False))
+        body += photos
         body.append("</div></section>")
 
     page = (

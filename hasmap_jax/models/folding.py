@@ -29,18 +29,9 @@ import jax.numpy as jnp
 
 from hasmap_jax.models.inception_resnet_v2 import InceptionResNetV2
 from hasmap_jax.models.koncept import KonCept512
-from hasmap_jax.weights.conversion.common import WeightError, flatten, unflatten
+from hasmap_jax.models.variables import abstract_variables, check_variables, flatten, unflatten
 
 Path = tuple[str, ...]
-
-#: Input used to trace the variables' shapes: 299x299 gives the 8x8 map that "window8" pooling needs
-#: (shapes of variables do not depend on the input size).
-_TRACE_INPUT = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
-
-
-def abstract_variables(module: KonCept512 | InceptionResNetV2) -> dict[str, Any]:
-    """Shapes and dtypes of the module's variables (`jax.ShapeDtypeStruct` leaves), nothing allocated."""
-    return jax.eval_shape(module.init, {"params": jax.random.key(0)}, _TRACE_INPUT)
 
 
 def fold_batchnorm(
@@ -131,32 +122,3 @@ def _bn_affine(gamma, beta, mean, var, epsilon: float) -> tuple[jax.Array, jax.A
     if gamma is not None:
         s = s * jnp.asarray(gamma, jnp.float32)
     return s, jnp.asarray(beta, jnp.float32) - jnp.asarray(mean, jnp.float32) * s
-
-
-def check_variables(variables: dict[str, Any], expected: dict[str, Any], *, what: str, hint: str = "") -> None:
-    """Raises a `WeightError` listing every difference of paths, shapes and dtypes from `expected`.
-
-    Args:
-      variables: a nested dict of arrays.
-      expected: the same of `jax.ShapeDtypeStruct`, e.g. `abstract_variables(module)`.
-      what: names the model in the message.
-      hint: a last line for the message, if any.
-    """
-    got, want = flatten(variables), flatten(expected)
-    fmt = "/".join
-    missing = sorted(fmt(p) for p in want if p not in got)
-    unexpected = sorted(fmt(p) for p in got if p not in want)
-    wrong = sorted(
-        f"{fmt(p)}: {tuple(jnp.shape(v))} {jnp.result_type(v)}, model {want[p].shape} {want[p].dtype}"
-        for p, v in got.items()
-        if p in want and (tuple(jnp.shape(v)) != want[p].shape or jnp.result_type(v) != want[p].dtype)
-    )
-    if missing or unexpected or wrong:
-        lines = [f"the variables do not match the {what} model."]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape or dtype", wrong)):
-            if items:
-                more = f" ... and {len(items) - 25} more" if len(items) > 25 else ""
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:25]) + more)
-        if hint:
-            lines.append("  " + hint)
-        raise WeightError("\n".join(lines))

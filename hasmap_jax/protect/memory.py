@@ -27,6 +27,8 @@ import os
 import re
 from pathlib import Path
 
+import jax
+
 # The figures below are read off benchmarks/results/cpu_protect_memory.txt (and
 # cpu_protect_four_39mp.txt: two 39 MP photos per batch), chosen so that every estimate is at or
 # above the peak measured there, alone and two per batch, not on the fitted line.
@@ -133,8 +135,6 @@ def available_bytes() -> int | None:
 
 def _device_bytes() -> int | None:
     """The accelerator's memory (the first device's `bytes_limit`), or None on the CPU."""
-    import jax
-
     dev = jax.local_devices()[0]
     if dev.platform == "cpu":
         return None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+
 
 def default_dir() -> Path:
     """$HASMAP_CACHE_DIR, else $XDG_CACHE_HOME/hasmap_jax/xla, else ~/.cache/hasmap_jax/xla."""
@@ -18,8 +20,6 @@ def default_dir() -> Path:
 def enable(path: str | os.PathLike | None = None) -> Path | None:
     """Turns the cache on at `path` (default: `default_dir()`); returns it, or None where the
     folder cannot be made (the run then compiles as usual)."""
-    import jax
-
     path = Path(path) if path is not None else default_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
@@ -58,8 +59,6 @@ class Team:
         values = np.asarray(values)
         if self.count == 1:
             return values[None]
-        from jax.experimental import multihost_utils
-
         gathered = multihost_utils.process_allgather(values)
         return np.asarray(gathered).reshape(self.count, *values.shape)
 
@@ -74,6 +73,4 @@ class Team:
     def barrier(self, name: str) -> None:
         """Returns once every process has reached the barrier of this name."""
         if self.count > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(name)

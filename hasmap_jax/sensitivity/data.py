@@ -334,7 +334,7 @@ def _builder_class():
     global _BUILDER
     if _BUILDER is not None:
         return _BUILDER
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # the [train] extra: only training needs it
 
     class SensitivityPairs(tfds.core.GeneratorBasedBuilder):
         """(photo, sensitivity map) pairs at a fixed size, split into train and validation.
@@ -446,7 +446,7 @@ def prepare(
     Raises:
       DataError: naming the file that cannot be used (see the rules).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # the [train] extra: only training needs it
 
     _quiet_tfds()
     size = (int(size[0]), int(size[1]))
@@ -536,7 +536,7 @@ def train_dataset(
     exactly (resuming). The last incomplete batch is dropped (a fresh shuffle each epoch means
     every pair is still seen); a source smaller than `batch_size` gives no batch.
     """
-    import grain
+    import grain  # the [train] extra: only training needs it
 
     ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed(seed, epoch, 0))
     ds = ds.random_map(
@@ -547,6 +547,6 @@ def train_dataset(
 
 def eval_dataset(source, *, batch_size: int):
     """The source in order, unaugmented, as a `grain.MapDataset` of batches (the last may be smaller)."""
-    import grain
+    import grain  # the [train] extra: only training needs it
 
     return grain.MapDataset.source(source).map(_plain).batch(batch_size)

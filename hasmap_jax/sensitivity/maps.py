@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hasmap_jax.arrays import as_unit_float
-from hasmap_jax.sensitivity.jnd import default_sensitivity
+from hasmap_jax.models.jnd import default_sensitivity
+from hasmap_jax.weights.loading import load_sensitivity_model
 
 
 @jax.tree_util.register_static
@@ -38,8 +39,6 @@ def resolve_sensitivity(spec: Any = "default"):
         return UniformSensitivity()
     if isinstance(spec, str) and spec == "default":
         return default_sensitivity()
-    from hasmap_jax.weights.loading import load_sensitivity_model
-
     return load_sensitivity_model(spec)
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from hasmap_jax.files import atomic_output
 from hasmap_jax.sensitivity.data import read_photo
+from hasmap_jax.sensitivity.maps import resolve_sensitivity
 
 #: Colour stops of the false-colour scale, evenly spaced over [0, 1]: a perceptually ordered ramp
 #: (dark blue, purple, pink, orange, pale yellow) whose brightness rises all the way, so the order
@@ -67,8 +69,6 @@ def write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     Raises:
       FileExistsError: `path` exists (nothing is written).
     """
-    from PIL import Image
-
     path = Path(path)
     with atomic_output(path, replace=False) as f:
         Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
@@ -140,8 +140,6 @@ def write_sensitivity_maps(
       FileExistsError: an output file exists, or two photos share a stem (nothing is written).
       DataError: a photo cannot be read (the files of the photos before it are written).
     """
-    from hasmap_jax.sensitivity.maps import resolve_sensitivity
-
     check_outputs(images, out_dir)
     model = resolve_sensitivity(model)
     return [write_sensitivity_map(p, out_dir, model) for p in images]

@@ -50,13 +50,14 @@ import hashlib
 import io
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE
+from hasmap_jax.training import photos as photo_manifest
 from hasmap_jax.training.photos import Photo
 
 #: Score of a clean photo, and of the strongest degradation (severity 1).
@@ -170,6 +171,18 @@ def prepare(image: np.ndarray, size: tuple[int, int] = KONCEPT_INPUT_SIZE, *, zo
     if scale >= 1.0:
         return image
     return _resize_u8(image, (max(size[0], round(h * scale)), max(size[1], round(w * scale))))
+
+
+def prepared_photos(
+    split: str, roots: Sequence[str | Path] = (), log: Callable[[str], None] = print
+) -> list[np.ndarray]:
+    """The manifest's photos of `split` ("train", "heldout", "unseen"), each loaded (`load_photo`,
+    checked against its sha256) and `prepare`d, in manifest order."""
+    out = []
+    for p in photo_manifest.photos(split):
+        out.append(prepare(load_photo(p, roots)))
+    log(f"{split}: {len(out)} photos loaded and checked against the manifest")
+    return out
 
 
 def _cover(h: int, w: int, size: tuple[int, int]) -> float:

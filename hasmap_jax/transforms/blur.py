@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from PIL import Image, ImageFilter
 
 from hasmap_jax.transforms.banded import Band, pillow_pass
 
@@ -97,8 +98,6 @@ def gaussian_blur(images: Array, *, sigma: float) -> Array:
 
 def pillow_gaussian_blur(images: np.ndarray, *, sigma: float) -> np.ndarray:
     """The real thing: `Image.filter(ImageFilter.GaussianBlur(radius=sigma))` of (N, H, W, 3) uint8, uint8 out."""
-    from PIL import Image, ImageFilter
-
     _check_sigma(sigma)
     f = ImageFilter.GaussianBlur(radius=float(sigma))
     return np.stack([np.asarray(Image.fromarray(im).filter(f)) for im in np.asarray(images, np.uint8)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from PIL import Image
 
 from hasmap_jax.transforms.resize import pillow_resample, resize
 
@@ -42,8 +43,6 @@ def center_crop_resize(images: Array, *, fraction: float, method: str = "bicubic
 
 def pillow_center_crop_resize(images: np.ndarray, *, fraction: float, method: str = "bicubic") -> np.ndarray:
     """The real thing: `Image.crop(box).resize(size, method)` of (N, H, W, 3) uint8, uint8 out."""
-    from PIL import Image
-
     images = np.asarray(images, np.uint8)
     h, w = images.shape[1:3]
     top, left, ch, cw = crop_box(h, w, fraction)
@@ -59,7 +58,5 @@ def hflip(images: Array) -> Array:
 
 def pillow_hflip(images: np.ndarray) -> np.ndarray:
     """The real thing: `Image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)` of (N, H, W, 3) uint8, uint8 out."""
-    from PIL import Image
-
     flip = Image.Transpose.FLIP_LEFT_RIGHT
     return np.stack([np.asarray(Image.fromarray(im).transpose(flip)) for im in np.asarray(images, np.uint8)])

@@ -20,6 +20,7 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from hasmap_jax.transforms.views import resize_axes
 
@@ -172,8 +173,6 @@ def pillow_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
 
 def pillow_roundtrip(images: np.ndarray, format: str, quality: int) -> np.ndarray:
     """Each uint8 image saved by Pillow as `format` ("JPEG", "WEBP") at `quality` and decoded to RGB."""
-    from PIL import Image
-
     out = []
     for im in np.asarray(images, np.uint8):
         buf = io.BytesIO()

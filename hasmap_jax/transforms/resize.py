@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from PIL import Image
 
 from hasmap_jax.transforms.banded import Band, pillow_pass
 
@@ -58,8 +59,6 @@ def _check_method(method: str) -> None:
 
 def pillow_resample(method: str):
     """Pillow's `Image.Resampling` member for `method` ("bicubic", "lanczos", "bilinear")."""
-    from PIL import Image
-
     _check_method(method)
     return getattr(Image.Resampling, _PIL_METHODS[method])
 
@@ -135,8 +134,6 @@ def downscale(images: Array, *, factor: float, method: str = "bicubic") -> Array
 
 def pillow_resize(images: np.ndarray, size: tuple[int, int], *, method: str = "bicubic") -> np.ndarray:
     """The real thing: Pillow's `Image.resize((width, height), method)` of (N, H, W, 3) uint8, uint8 out."""
-    from PIL import Image
-
     resample = pillow_resample(method)
     th, tw = (int(s) for s in size)
     return np.stack([np.asarray(Image.fromarray(im).resize((tw, th), resample)) for im in np.asarray(images, np.uint8)])

@@ -7,30 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-class WeightError(ValueError):
-    """A weight file that cannot be loaded into the model: wrong format, missing or extra tensors."""
-
-
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """{('params', 'base', 'conv2d_1a', 'conv', 'kernel'): leaf, ...} of a nested mapping."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
+from hasmap_jax.models.variables import WeightError, flatten, unflatten
 
 
 def _fmt(path: tuple[str, ...]) -> str:

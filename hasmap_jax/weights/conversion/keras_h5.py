@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.models.variables import WeightError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

@@ -11,14 +11,13 @@ import re
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hasmap_jax.models.inception_resnet_v2 import ConvBN
 from hasmap_jax.models.koncept import KonCept512, koncept512
+from hasmap_jax.models.variables import WeightError, abstract_variables
 from hasmap_jax.weights.conversion import keras_h5, torch_state
-from hasmap_jax.weights.conversion.common import WeightError, assemble
+from hasmap_jax.weights.conversion.common import assemble
 
 # Children of `base` (nn.Sequential of Cadene's InceptionResNetV2 without last_linear) by index.
 _TORCH_BASE = {
@@ -40,12 +39,6 @@ _TORCH_LEAF = {
     "running_mean": ("batch_stats", "mean"),
     "running_var": ("batch_stats", "var"),
 }
-
-
-def abstract_variables(model: nn.Module, size: tuple[int, int] = (299, 299)) -> dict[str, Any]:
-    """Shapes of the model's variables, without allocating them."""
-    x = jnp.zeros((1, *size, 3), jnp.float32)
-    return jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x))
 
 
 def _torch_path(key: str, n_block8: int) -> tuple[str, ...] | None:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from hasmap_jax.weights.conversion.common import WeightError
+from hasmap_jax.models.variables import WeightError
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hasmap_jax.models.variables import WeightError, abstract_variables, flatten
 from hasmap_jax.models.vgg16 import (
     BLOCK_CHANNELS,
     CONV_NAMES,
@@ -30,8 +31,7 @@ from hasmap_jax.models.vgg16 import (
     VGG16Features,
 )
 from hasmap_jax.weights.conversion import keras_h5, torch_state
-from hasmap_jax.weights.conversion.common import WeightError, assemble, flatten
-from hasmap_jax.weights.conversion.koncept import abstract_variables
+from hasmap_jax.weights.conversion.common import assemble
 
 _MIN = (MIN_INPUT_SIZE, MIN_INPUT_SIZE)
 

