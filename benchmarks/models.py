@@ -16,7 +16,7 @@ batch, as in the attack. By default every (model, batch size) row runs in a fres
 so that compile caches and memory peaks do not leak from one row into the next; `--no-isolate`
 runs everything in this process instead (peaks then only grow).
 
-Example (the run quoted in the README, on a 2-core CPU):
+Example (the run quoted in docs/results.md, on a 2-core CPU):
 
     PYTHONPATH=. python benchmarks/models.py --models koncept,vgg --batch-sizes 1,2 --repeats 2
 """

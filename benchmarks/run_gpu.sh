@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator benchmarks whose figures the README quotes, in one go (about 8 minutes on one H100,
+# The accelerator benchmarks whose figures docs/results.md quotes, in one go (about 8 minutes on one H100,
 # 15 at most: each has a time limit). Each writes NAME.txt (what it printed: machine, settings,
 # command, table), the protection benchmarks NAME.json too.
 #

@@ -502,8 +502,8 @@ def encode_image(
         im = Image.fromarray(rgb)
         if alpha is not None:
             im.putalpha(Image.fromarray(np.asarray(alpha, np.uint8)))
-        # zlib level 1: on a protected (noisy) 1.3 MP photo about 5x faster to encode than Pillow's
-        # default 6, for a 16 % larger file (benchmarks/png_encode.py).
+        # zlib level 1: protected photos are noisy, and level 1 encodes them much faster than
+        # Pillow's default 6 for a slightly larger file (docs/results.md, "PNG compression level").
         im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **kwargs)
     else:
         if alpha is not None:

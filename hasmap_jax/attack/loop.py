@@ -25,10 +25,10 @@ Both drivers are made of these pieces, so they compute the same thing:
 
 - `run_device`: the whole attack as one compiled program (`lax.while_loop` over the steps,
   `lax.fori_loop` over the search, `lax.cond` around the check), with no host round trip: GPU, TPU.
-- `run_host`: compiled pieces called from Python over donated state: XLA:CPU runs a loop body about
-  2.6x slower than the same computation outside a loop (measured on KonCept-shaped models; no flag
-  changed it). The host reads the "done" flags only where they can change, and with drawn views
-  one flag per step (whether any photo needs the check).
+- `run_host`: compiled pieces called from Python over donated state: XLA:CPU runs a loop body
+  markedly slower than the same computation outside a loop, whatever its flags (docs/results.md,
+  "CPU: the host loop against a PyTorch peer"). The host reads the "done" flags only where they
+  can change, and with drawn views one flag per step (whether any photo needs the check).
 """
 
 from __future__ import annotations
@@ -498,9 +498,9 @@ def run_device(model, inp: Inputs, *, plan: Plan, progress: Callable[[int], None
 # --------------------------------------------------------------------------------------------
 # The host loop: compiled pieces over donated state, driven from Python (XLA:CPU)
 #
-# XLA:CPU runs a loop body about 2.6x slower than the same computation outside a loop (measured on
-# KonCept-shaped models; no flag changed it), so there the host calls one compiled step per
-# iteration. The state stays on the device and is donated (updated in place). Without drawn views
+# XLA:CPU runs a loop body markedly slower than the same computation outside a loop, whatever its
+# flags (docs/results.md, "CPU: the host loop against a PyTorch peer"), so there the host calls one
+# compiled step per iteration. The state stays on the device and is donated (updated in place). Without drawn views
 # the host reads the "done" flags only where they can change (the early-stop checks), so no step
 # waits on the host; with drawn views it reads one flag per step, whether any candidate needs the
 # check (a `lax.cond` there would run its branch as a nested computation, the slow case).

@@ -44,7 +44,7 @@ DEFAULT_METHOD = "fmn"
 #: Named strengths, per method and robustness profile ("jpeg90" and "off" share a table; "web" has
 #: its own: its loss also scores drawn JPEG / resized / blurred / cropped / flipped views, every one
 #: of which must rate the photo low). What each gives with the default model is measured, not
-#: promised here: README, "Minimum-norm protection" and "Figures", with the commands.
+#: promised here: docs/results.md, with the commands.
 #: The margin kappa = 10 (protected <=> score <= threshold - 5) keeps the protection clear of the
 #: threshold after re-encoding. The paper's method: alpha follows `attack_batch` (Table 1 spans
 #: 10 ... 50); for "web" a smaller alpha, more steps and a floor under the map (without one the JND

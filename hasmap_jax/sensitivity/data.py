@@ -330,7 +330,7 @@ def fingerprint(pairs: Sequence[Pair], **settings: Any) -> str:
 
 def _builder_class():
     """`SensitivityPairs`, defined on first use so that importing this module does not import tfds
-    (a 0.3 s import that only training needs)."""
+    (a slow import that only training needs)."""
     global _BUILDER
     if _BUILDER is not None:
         return _BUILDER

@@ -394,7 +394,7 @@ def train_sensitivity(
       ValueError: an unfinished run in `out_dir` used other settings or other data.
       DataError: a file that cannot be used (see the data rules).
     """
-    import orbax.checkpoint as ocp  # 0.13 s to import: paid by the commands that train, not by every start
+    import orbax.checkpoint as ocp  # a slow import: paid by the commands that train, not by every start
 
     config = config or TrainConfig()
     if keep < 1:

@@ -18,7 +18,8 @@ Photos (not part of the repository; see `hasmap_jax.training.photos` for the man
 
 (`hasmap_jax.training.photos.INSTALL_COMMANDS`; the unseen packages: `UNSEEN_INSTALL_COMMANDS`.)
 
-Train (about 20 minutes on 2 CPU cores), writing `weights/default` (refused if it exists, unless --force):
+Train (how long it takes: `weights/README.md`, "Training"), writing `weights/default` (refused if it
+exists, unless --force):
 
     hasmap train-quality --photo-root /opt/hasmap-photos --force
 

@@ -11,7 +11,7 @@ the backward pass is the transposed linear map (`apply_band`), zero where the ou
 Both work from each output's few non-zero taps (K gathers of whole rows, summed) instead of a dense
 (out x in) matrix, which at 12 MP would be ~100x the work, and the backward pass gathers again
 through the transposed band (each input feeds a few outputs) instead of autodiff's scatter-add,
-which XLA:CPU runs >10x slower (the reasoning of `hasmap_jax.transforms.views.fit_view`).
+which XLA:CPU runs far slower (the reasoning of `hasmap_jax.transforms.views.fit_view`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ straight-through gradient), dequantisation, inverse DCT, chroma upsampling with 
 triangle filter (= bilinear x2 with half-pixel centres), YCbCr -> RGB, clipping and rounding to
 8 bits. Like libjpeg, the YCbCr planes are 8-bit integers on both sides of the DCT: the colour
 conversion's, the chroma downsampling's, the inverse DCT's and the upsampling's outputs are rounded
-(straight-through); without those roundings the mismatch to Pillow is about 1.3-1.6 times larger
+(straight-through); without those roundings the mismatch to Pillow is larger
 (tests/test_attack.py::test_diff_jpeg_approximates_pillow). After Shin & Song, "JPEG-resistant
 adversarial images" (2017), which showed that
 attacking through such a model makes perturbations survive real JPEG.
@@ -100,7 +100,8 @@ def _rgb_to_ycc_fwd(x):
 
 def _rgb_to_ycc_bwd(_, g):
     # The transposed 3x3 mix, written as one stacked pass: autodiff's transpose of the three channel
-    # slices is three zero-padded full-size copies of the image summed (measured ~0.9 s at 12 MP).
+    # slices is three zero-padded full-size copies of the image summed (slow at 12 MP:
+    # docs/results.md, "A 12-megapixel photo on the CPU").
     gy, gcb, gcr = g
     m = _RGB_TO_YCC
     return (jnp.stack([m[0][c] * gy + m[1][c] * gcb + m[2][c] * gcr for c in range(3)], axis=-1),)
@@ -149,7 +150,8 @@ def diff_jpeg(images: jax.Array, quality: int) -> jax.Array:
         # biases aside). Banded: jax.image.resize's dense weight matrices cost ~170 GFLOP per
         # 12 MP photo for these two planes; here each output reads its 2 taps per axis. One axis
         # after the other: both in one pass would be recomputed for each RGB channel of the fused
-        # colour conversion that reads it (measured 1.3x slower for the whole round trip).
+        # colour conversion that reads it (slower for the whole round trip: docs/results.md,
+        # "A 12-megapixel photo on the CPU").
         return _round_ste(resize_axes(resize_axes(small, (1,), (H,)), (2,), (W,)))
 
     y, cb, cr = _blocks_roundtrip(y, qy), chroma(cb), chroma(cr)

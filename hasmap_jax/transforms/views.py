@@ -30,7 +30,7 @@ def fit_view(images: jax.Array, size: tuple[int, int]) -> jax.Array:
     instead of jax's dense (out x in) weight matrices: a 4032 -> 512 axis has about 17 taps per
     output, so this is ~100x less work at 12 MP, and the backward pass is the transposed band
     (again gathers: each photo pixel feeds 1-3 view pixels per axis) instead of autodiff's
-    scatter-add, which XLA:CPU runs >10x slower.
+    scatter-add, which XLA:CPU runs far slower (docs/results.md, "A 12-megapixel photo on the CPU").
     Reverse mode, `jit` and `vmap` work; forward mode (`jax.jvp`) does not (a `custom_vjp`).
 
     Args:
@@ -143,7 +143,8 @@ def _apply_taps(x: jax.Array, axes: tuple[int, ...], bands: tuple[_Band, ...]) -
     """The banded linear map `bands` along `axes` of x, one axis after the other.
 
     Rows first when `axes` is (1, 2): they are contiguous runs of W * C values, and the second
-    pass then works on the already small image (measured 2.4x faster than columns first at 12 MP).
+    pass then works on the already small image (faster than columns first at 12 MP: docs/results.md,
+    "A 12-megapixel photo on the CPU").
     """
     for axis, band in zip(axes, bands, strict=True):
         idx, wts = band.taps()
@@ -154,8 +155,9 @@ def _apply_taps(x: jax.Array, axes: tuple[int, ...], bands: tuple[_Band, ...]) -
         x3 = x.reshape(int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1 :])))
         if x3.shape[0] <= _MAX_SPLIT:
             # A few images (the attack's views): one at a time, so each gather writes whole rows
-            # in order. Costs a copy to stack them, still measured 1.2x faster for the attack
-            # step at 12 MP (and 100 MiB less scratch) than one gather along the middle axis.
+            # in order. Costs a copy to stack them, still faster for the attack step at 12 MP, with
+            # less scratch, than one gather along the middle axis (docs/results.md, "A 12-megapixel
+            # photo on the CPU").
             out = jnp.stack([_gather_sum(x3[i], idx, wts) for i in range(x3.shape[0])])
         else:  # Many leading rows (the columns pass): one gather along the middle axis.
             out = jax.vmap(_gather_sum, in_axes=(0, None, None))(x3, idx, wts)
@@ -191,7 +193,8 @@ def _resample_fwd(x, axes, bands):
 def _resample_bwd(axes, bands, _, g):
     # The map is linear with constant weights: its VJP is the transposed band, gathered again
     # (each input pixel feeds a few outputs) instead of autodiff's scatter-add, which XLA:CPU runs
-    # >10x slower (measured 5.3 s vs 0.4 s at 12 MP). Itself a `_resample`, so second derivatives work too.
+    # far slower (docs/results.md, "A 12-megapixel photo on the CPU"). Itself a `_resample`, so
+    # second derivatives work too.
     # Axes in reverse order: the map's transpose undoes the last axis first, so the large output
     # is written only by the final pass (the order does not change the result: the axes commute).
     return (_resample(g, axes[::-1], tuple(b.transpose() for b in bands[::-1])),)

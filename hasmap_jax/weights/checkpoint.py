@@ -76,7 +76,7 @@ def save(
 
 
 def _save_variables(path: Path, variables: dict[str, Any], *, force: bool = False) -> None:
-    import orbax.checkpoint as ocp  # 0.13 s to import: paid when a checkpoint is read or written, not by every start
+    import orbax.checkpoint as ocp  # a slow import: paid when a checkpoint is read or written, not by every start
 
     host = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
     with ocp.StandardCheckpointer() as ckptr:
@@ -103,7 +103,7 @@ def read_card(directory: str | os.PathLike) -> dict[str, Any]:
 
 def restore(directory: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any]:
     """Reads the variables of a checkpoint written by `save`, checked against `expected` shapes."""
-    import orbax.checkpoint as ocp  # 0.13 s to import: paid when a checkpoint is read or written, not by every start
+    import orbax.checkpoint as ocp  # a slow import: paid when a checkpoint is read or written, not by every start
 
     path = Path(directory).expanduser().absolute() / VARIABLES_DIR
     if not path.is_dir():
