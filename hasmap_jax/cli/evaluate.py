@@ -32,8 +32,9 @@ give per operation the share still rated high (and rated low), next to the origi
   chain with '+', list with ',': --attacks jpeg50,jpeg70,resize0.5,resize0.75+jpeg75,blur1,crop0.9,flip
 
 writes OUT/results.csv, OUT/results.json and OUT/report.html (+ OUT/report_files/): original,
-protected, amplified difference and sensitivity map per photo, and for several runs (e.g. an alpha
-sweep: hasmap evaluate ORIGINALS RUN1 RUN2 ...) accuracy against distortion.
+sensitivity map, a heat map of the change (its scale in the caption) and protected photo per photo,
+and for several runs (e.g. an alpha sweep: hasmap evaluate ORIGINALS RUN1 RUN2 ...) accuracy against
+distortion.
 
 exit status: 0 every original matched and measured in every run, 1 some were not, 2 usage error.
 """

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -50,6 +51,9 @@ methods (--method):
         protection, more visible change)
   A rerun into a folder whose manifest records a method keeps it unless --method is given (a manifest
   from before --method existed records the paper's, cw).
+
+profiles (--robust):
+{profiles}
 
 presets (kappa: the margin below the threshold; a wider one survives more re-encoding):
 {presets}
@@ -102,6 +106,16 @@ def _preset_lines() -> str:
     return "\n".join(lines)
 
 
+def _profile_lines() -> str:
+    """The --robust profiles of the epilog, described from the profile table itself."""
+    from hasmap_jax.transforms.profiles import PROFILES, describe
+
+    return "\n".join(
+        textwrap.fill(describe(PROFILES[name]), 100, initial_indent=f"  {name:<7} ", subsequent_indent=" " * 10)
+        for name in ("jpeg90", "web", "off")
+    )
+
+
 def register(subparsers) -> None:
     from hasmap_jax.protect import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_TABLES
     from hasmap_jax.protect import memory as mem
@@ -113,6 +127,7 @@ def register(subparsers) -> None:
         "sensitive, so that a quality model no longer rates the photos as high quality.",
         epilog=PROTECT_EPILOG.format(
             presets=_preset_lines(),
+            profiles=_profile_lines(),
             pixel_mib=round(mem.PIXEL_BYTES * 1e6 / 2**20),
             process_gib=mem.PROCESS_BYTES / 2**30,
             web_mib=round(mem.PIXEL_BYTES_WEB * 1e6 / 2**20),
@@ -189,8 +204,8 @@ def register(subparsers) -> None:
         choices=["jpeg90", "web", "off"],
         default="jpeg90",
         help="what the protection must survive: jpeg90 (default: the JPEG re-encoding of --robust-jpeg), web "
-        "(JPEG 60-95, downscaling to 50-100 %%, light blur, small crops, flips; judged after the real "
-        "operations), off (the paper's plain loss)",
+        "(what photo sites do: re-encoding, downscaling, light blur, small crops and flips, drawn at every step; "
+        "judged after the real operations: see 'profiles' below), off (the paper's plain loss)",
     )
     p.add_argument(
         "--confidence",

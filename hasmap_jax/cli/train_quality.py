@@ -21,7 +21,7 @@ from hasmap_jax.weights.loading import weights_dir
 EPILOG = """\
 examples:
   hasmap train-quality --photo-root /opt/hasmap-photos --force
-      train (about 20 minutes on 2 CPU cores) and replace weights/default
+      train and replace weights/default (time: weights/README.md)
   hasmap train-quality --photo-root /opt/hasmap-photos --evaluate weights/default
       re-print the held-out evaluation of a checkpoint
   hasmap train-quality --photo-root /opt/tuxpaint --photo-root /opt/tuxtype --photo-root /opt/lxqt-themes \

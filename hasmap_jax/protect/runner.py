@@ -92,6 +92,7 @@ from hasmap_jax.protect.manifest import (
 from hasmap_jax.protect.settings import ProtectSettings, UsageError
 from hasmap_jax.runtime.distributed import Team
 from hasmap_jax.sensitivity.maps import resolve_sensitivity
+from hasmap_jax.weights.loading import load_quality_model
 
 
 @dataclasses.dataclass
@@ -470,12 +471,14 @@ def protect_paths(
     run = run if run is not None else RunOptions()
     team, batch_size, force = run.team if run.team is not None else Team(), run.batch_size, run.force
     io_workers, memory = run.io_workers, run.memory
-    if model is not None:
-        # Record the model that runs, not the name the settings were made with: a rerun with
-        # another model object must not take these outputs for its own.
-        ident = model_identity(settings.model.split(" (")[0], model)
-        if settings.model != ident:
-            settings = dataclasses.replace(settings, model=ident)
+    if model is None:
+        model = load_quality_model(settings.model.split(" (")[0])
+    # Record the model that runs, not the name the settings were made with: a rerun with another
+    # model object must not take these outputs for its own (and the library records what the
+    # command line does).
+    ident = model_identity(settings.model.split(" (")[0], model)
+    if settings.model != ident:
+        settings = dataclasses.replace(settings, model=ident)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     outdir = Path(outdir)
@@ -559,10 +562,6 @@ def _protect(
             summary.stopped, summary.disk_full = _stopped_text(outdir, e), True
             raise ProtectStopped(summary) from None
         raise OutputNotWritable(_unwritable(outdir, e)) from None
-    if model is None:
-        from hasmap_jax.weights.loading import load_quality_model
-
-        model = load_quality_model(settings.model)
     if sensitivity is None:
         sensitivity = resolve_sensitivity(settings.sensitivity)
 

@@ -116,9 +116,9 @@ class ProtectSettings:
         (`attack_batch(robust_jpeg=...)`): a PNG output once at this quality, a JPEG output at its
         own `quality` and then at this one. Stored as that chain of qualities (`jpeg_chain`).
       robust: what else the protection must survive, an `attack_batch(robust=...)` profile:
-        "jpeg90" (default: the JPEG chain above), "web" (JPEG 60-95, downscaling to 50-100 %,
-        light blur, small crops and flips, judged after real Pillow operations at the profile's
-        checkpoints; JPEG output is saved at `quality` first) or "off" (the paper's plain loss;
+        "jpeg90" (default: the JPEG chain above), "web" (`PROFILES["web"]`: re-encoding,
+        downscaling, light blur, small crops and flips, judged after real Pillow operations at the
+        profile's checkpoints; JPEG output is saved at `quality` first) or "off" (the paper's plain loss;
         also turns `robust_jpeg` off). Each method and profile has presets of its own
         (`presets`): `ProtectSettings.from_preset("mid", robust="web")`, as the command line
         does; the field defaults are the default method's "mid" for "jpeg90".

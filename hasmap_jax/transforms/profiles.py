@@ -156,6 +156,26 @@ PROFILES: dict[str, Profile | None] = {
 }
 
 
+def describe(profile: Profile | None) -> str:
+    """One line of what a profile scores and what it is judged after, from its own tables (for
+    help texts: the numbers are never written twice)."""
+    if profile is None:
+        return "the photo alone (the paper's plain loss)"
+    parts = []
+    if profile.jpeg_chain:
+        parts.append("the photo and its JPEG round trips " + "+".join(f"jpeg{q}" for q in profile.jpeg_chain))
+    if profile.eot is not None:
+        eot = profile.eot
+        if eot.prefix:
+            parts.append(f"saved as {chain_name(eot.prefix)} first")
+        if eot.always:
+            parts.append("every step " + ", ".join(chain_name(c) for c in eot.always))
+        for g in eot.groups:
+            parts.append("each step one of " + ", ".join(chain_name(c) for c in g))
+    parts.append("judged after " + ", ".join(profile.checkpoint_names))
+    return "; ".join(parts)
+
+
 def jpeg_qualities(value, *, what: str = "robust_jpeg") -> tuple[int, ...]:
     """A JPEG quality or a sequence of them as a tuple (empty for None); checks the values."""
     if value is None:
