@@ -47,7 +47,7 @@ PSNR_LEVELS = (36, 38, 40, 42, 44, 46, 48, 50, 52)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--photos", default=str(ROOT / "examples" / "*.png"), help="glob of the photo set")
+    p.add_argument("--photos", default=str(ROOT / "examples" / "*.png"), help="glob of the photo set ('none': none)")
     p.add_argument("--heldout", nargs="*", metavar="ROOT", help="add the manifest's held-out photos (package roots)")
     p.add_argument("--profile", default="jpeg90", choices=("jpeg90", "web"))
     p.add_argument("--budgets", default="25,50,100,200", help="optimisation steps per photo, comma-separated")
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
 
     model = load_quality_model(args.model)
     size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(model.input_size)
-    names, x = load_photos(args.photos, size)
+    names, x = load_photos(args.photos, size) if args.photos != "none" else ([], np.zeros((0, *size, 3), np.uint8))
     if args.heldout is not None:
         h_names, h_x = _heldout(args.heldout, size)
         names, x = names + h_names, np.concatenate([x, h_x])
