@@ -48,19 +48,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     train_images = qd.prepared_photos("train", args.photo_root, print)
     module = tq.make_model()
-    variables = tq.train(
-        module,
-        train_images,
-        seed=config.seed,
-        phases=config.phases,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        huber_delta=config.huber_delta,
-        group=config.group,
-        pair_weight=config.pair_weight,
-        log=print,
-    )
+    variables = tq.train(module, train_images, config, log=print)
     qd.effective_severity = capped  # evaluation labels as always
     print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
     for split in ("heldout", "unseen"):

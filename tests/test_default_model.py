@@ -63,19 +63,24 @@ def test_default_card(model):
     assert card["input_size"] == list(KONCEPT_INPUT_SIZE)
     assert isinstance(model.module, KonCept512) and model.module == KonCept512.from_config(card["config"])
     assert model.module.pooling == "global" and model.module.width < 1 and sum(model.module.depths) < 39
-    # training data: every photo with package, path, sha256, licence and split; the manifest in the card is the code's
+    # training data: every photo with package, path, sha256, licence and split, each one the manifest
+    # still lists (same file, same split); the manifest has grown since (issue 26's calm photos), the
+    # card records what this model read
     listed = card["training_data"]["photos"]
-    assert [p["name"] for p in listed] == [p.name for p in photos.PHOTOS if p.split != "unseen"]
+    manifest = {p.name: p for p in photos.PHOTOS if p.split != "unseen"}
+    assert listed and len({p["name"] for p in listed}) == len(listed)
     for p in listed:
         assert p["package"] and p["version"] and p["path"] and p["license"] and p["split"] in ("train", "heldout")
         assert re.fullmatch(r"[0-9a-f]{64}", p["sha256"])
+        assert p["name"] in manifest, p["name"]
+        assert (p["sha256"], p["split"]) == (manifest[p["name"]].sha256, manifest[p["name"]].split), p["name"]
     assert set(card["degradations"]["kinds"]) == set(qd.KINDS)
     assert card["target_mapping"]["clean"] == qd.CLEAN_SCORE
     # the shipped card was trained as `python -m hasmap_jax.training.train_quality`, now `hasmap train-quality`
     command = card["source"]["command"]
     assert isinstance(card["training"]["seed"], int) and ("train_quality" in command or "train-quality" in command)
     acc = card["heldout_evaluation"]["accuracy"]
-    assert card["heldout_evaluation"]["photos"] == len(photos.photos("heldout"))
+    assert card["heldout_evaluation"]["photos"] == sum(p["split"] == "heldout" for p in listed)
     # The card records the measured held-out accuracy (held-out photos of the training's packages).
     assert all(0.0 <= v <= 1.0 for v in acc.values() if isinstance(v, float)), acc
     assert acc["clean"] > 0.9 and acc["issue_clear"] > 0.95, acc
@@ -84,24 +89,39 @@ def test_default_card(model):
     assert card["config"]["score_range"] == [0.0, 100.0]  # bounded: 100 * sigmoid
     lo, hi = card["heldout_evaluation"]["score_range"]
     assert 0.0 <= lo < hi <= 100.0
-    # the evaluation on packages it never read (`--evaluate weights/default --split unseen --record`)
+    # the evaluation on packages it never read (`--evaluate weights/default --split unseen --record`),
+    # on the manifest's whole unseen split, per package and per category
     unseen = card["unseen_evaluation"]
     assert unseen["split"] == "unseen" and "--split unseen" in unseen["command"]
     assert unseen["photos"] == len(photos.photos("unseen")) and set(unseen["per_group"]) == {
         p.package for p in photos.photos("unseen")
     }
-    # the done-when of the default model's specification: >= 95 % of clean photos rated high and of
-    # clearly degraded ones rated low, on packages the training never read
-    assert unseen["accuracy"]["issue_clear"] >= 0.95 and unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
-    assert all(unseen["per_kind"][k]["severity_rank"]["mean"] <= tev.RANK_GOAL for k in ("blur", "noise", "jpeg"))
-    assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
-    # issue 26: the same in every category of photo, calm ones (smooth by nature) apart
     assert set(unseen["per_category"]) == set(photos.CATEGORIES)
     for category, r in unseen["per_category"].items():
         assert r["photos"] == len(photos.photos("unseen", category=category)), category
+        assert 0.0 <= r["score_range"][0] < r["score_range"][1] <= 100.0, category
+    assert 0.0 <= unseen["score_range"][0] < unseen["score_range"][1] <= 100.0
+    # what the model must keep on general photos (the default model's specification, met since run D0)
+    general = unseen["per_category"]["general"]
+    assert general["clean"] >= 0.95 and general["issue_clear"] >= 0.95, general
+    assert all(v["mean"] <= tev.RANK_GOAL for v in general["severity_rank"].values()), general["severity_rank"]
+    assert unseen["accuracy"]["issue_clear"] >= 0.95, unseen["accuracy"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 26 is open: the shipped model (run D0) rates 74 % of the unseen calm photos high when clean "
+    "(aim >= 95 %), 85 % of all unseen photos; the best candidate so far (run G0, weights/README.md) 94 %",
+)
+def test_default_model_rates_calm_photos_as_it_rates_others(model):
+    """Issue 26's done-when, on the card's unseen evaluation: >= 95 % of clean photos rated high and of
+    clearly degraded ones rated low, and every severity ranked (mean rank correlation <= -0.9), in
+    every category of photo, calm ones included. Fails (strict xfail) until a shipped model meets it."""
+    unseen = model.card["unseen_evaluation"]
+    assert unseen["accuracy"]["clean"] >= 0.95, unseen["accuracy"]
+    for category, r in unseen["per_category"].items():
         assert r["clean"] >= 0.95 and r["issue_clear"] >= 0.95, (category, r)
         assert all(v["mean"] <= tev.RANK_GOAL for v in r["severity_rank"].values()), (category, r["severity_rank"])
-        assert 0.0 <= r["score_range"][0] < r["score_range"][1] <= 100.0, category
 
 
 def test_default_scores_stay_on_the_scale(model):
@@ -421,6 +441,50 @@ def test_train_step_reduces_loss():
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 12
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.slow
+def test_train_takes_its_settings_as_one_config():
+    """`train(module, photos, config)`: the config decides the run (seed, phases, size, BatchNorm
+    recomputation), so the same config trains the same weights and another seed others."""
+    module = tq.make_model(**TINY)
+    images = [(random_images(1, 120, 160, seed=i)[0] * 255).astype(np.uint8) for i in range(2)]
+    config = tq.TrainConfig(phases=(tq.Phase(3, 4, None),), size=(96, 128), precise_bn_batches=1, warmup_steps=1)
+    lines = []
+    a = tq.train(module, images, config, log=lines.append)
+    b = tq.train(module, images, config, log=lambda _: None)
+    c = tq.train(module, images, dataclasses.replace(config, seed=1), log=lambda _: None)
+    def gap(u, v):
+        return max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True))
+
+    print(f"same config: {gap(a, b):.2e}, another seed: {gap(a, c):.2e}")
+    assert gap(a, b) < 1e-3 < gap(a, c)
+    assert any("(4, 96, 128, 3)" in line for line in lines)
+    assert any("1 batches of 4 whole views" in line for line in lines)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(a))
+    scores = module.apply(a, jnp.asarray(random_images(2, 96, 128)))[0]
+    assert scores.shape == (2,) and bool(jnp.all(jnp.isfinite(scores)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(phases=()), dict(phases=(tq.Phase(0, 4),)), dict(phases=(tq.Phase(5, 6),)), dict(precise_bn_batches=-1)],
+)
+def test_train_config_refuses_what_cannot_run(bad):
+    with pytest.raises(ValueError):
+        tq.TrainConfig(**bad)
+
+
+def test_entry_points_take_few_parameters_besides_a_config():
+    """Issue 25's bound: attack_batch, protect_paths and train take at most ~8 parameters besides a config."""
+    import inspect
+
+    from hasmap_jax import attack_batch
+    from hasmap_jax.protect import protect_paths
+
+    for f in (attack_batch, protect_paths, tq.train):
+        params = [p for p in inspect.signature(f).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        assert len(params) <= 9, (f.__name__, [p.name for p in params])
 
 
 @pytest.mark.slow

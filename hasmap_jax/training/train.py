@@ -219,55 +219,89 @@ class Phase(NamedTuple):
 DEFAULT_PHASES = (Phase(4000, 16, (128, 160)), Phase(400, 8, None))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a training run (`train`; `train_default_model`: the options of
+    `hasmap train-quality`)."""
+
+    seed: int = 0
+    phases: tuple[Phase, ...] = DEFAULT_PHASES
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    huber_delta: float = 8.0
+    pair_weight: float = 1.0
+    group: int = 4  # versions of each view per batch (1 clean)
+    eval_views: int = 3  # views per held-out photo in the evaluation
+    kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
+    tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
+    calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
+    visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
+    size: tuple[int, int] = KONCEPT_INPUT_SIZE  # the views' size, before the phases' crops
+    precise_bn_batches: int = 24  # batches of whole views the BatchNorm statistics are recomputed on (0: keep)
+
+    def __post_init__(self):
+        if not self.calm_weight > 0:
+            raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
+        if not 0.0 <= self.visible_percentile <= 100.0:
+            raise ValueError(f"visible_percentile must be in [0, 100], got {self.visible_percentile}")
+        if not self.phases or any(p.steps < 1 or p.batch_size < 1 or p.batch_size % self.group for p in self.phases):
+            raise ValueError(
+                f"phases: at least one, each of >= 1 step and a batch that is a multiple of group ({self.group}), "
+                f"got {self.phases}"
+            )
+        if self.precise_bn_batches < 0:
+            raise ValueError(f"precise_bn_batches must be >= 0, got {self.precise_bn_batches}")
+
+    def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
+        """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
+        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
+        if self.calm_weight == 1.0:
+            return None
+        return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
+
+
 def train(
     module: KonCept512,
     images: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
     *,
-    seed: int = 0,
-    phases: Sequence[Phase] = DEFAULT_PHASES,
-    learning_rate: float = 3e-3,
-    warmup_steps: int = 100,
-    weight_decay: float = 1e-4,
-    huber_delta: float = 8.0,
-    group: int = 4,
-    pair_weight: float = 1.0,
-    kinds: Sequence[str] = qd.TRAINED_KINDS,
-    tone: bool = False,
     weights: Sequence[float] | None = None,
-    visible_percentile: float = qd.VISIBLE_PERCENTILE,
-    size: tuple[int, int] = KONCEPT_INPUT_SIZE,
-    precise_bn_batches: int = 24,
     log_every: int = 100,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Trains `module` on random degraded views of prepared photos (`quality_data.prepare`).
+    """Trains `module` on random degraded views of prepared photos (`quality_data.prepare`), with
+    the settings of `config` (default `TrainConfig()`).
 
     After the last step the BatchNorm statistics are recomputed exactly (`precise_batch_stats`) on
-    `precise_bn_batches` batches of whole views, drawn with their own seeds. `weights` (one per image)
-    draws photos in proportion to them instead of uniformly; `visible_percentile` sets the blur and
-    resampling labels' cap (`quality_data.effective_severity`).
+    `config.precise_bn_batches` batches of whole views, drawn with their own seeds. `weights` (one
+    per image; `TrainConfig.photo_weights` for the manifest's photos) draws photos in proportion to
+    them instead of uniformly. `log` receives a progress line every `log_every` steps.
 
     Returns:
       {"params": ..., "batch_stats": ...}, ready for `module.apply` and `checkpoint.save`.
     """
-    steps = sum(p.steps for p in phases)
-    tx = make_optimizer(steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay)
-    state = init_state(jax.random.key(seed), module, tx)
-    step = make_train_step(module, tx, huber_delta=huber_delta, group=group, pair_weight=pair_weight)
-    key = jax.random.key(seed + 1)
+    c = config or TrainConfig()
+    steps = sum(p.steps for p in c.phases)
+    tx = make_optimizer(
+        steps=steps, learning_rate=c.learning_rate, warmup_steps=c.warmup_steps, weight_decay=c.weight_decay
+    )
+    state = init_state(jax.random.key(c.seed), module, tx)
+    step = make_train_step(module, tx, huber_delta=c.huber_delta, group=c.group, pair_weight=c.pair_weight)
+    key = jax.random.key(c.seed + 1)
     start = time.perf_counter()
     window: list[dict[str, float]] = []
     last_shape = None
     data = batches(
         images,
-        seed=seed,
-        phases=phases,
-        size=size,
-        group=group,
-        kinds=kinds,
-        tone=tone,
+        seed=c.seed,
+        phases=c.phases,
+        size=c.size,
+        group=c.group,
+        kinds=c.kinds,
+        tone=c.tone,
         weights=weights,
-        visible_percentile=visible_percentile,
+        visible_percentile=c.visible_percentile,
     )
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
@@ -285,26 +319,26 @@ def train(
             )
             window.clear()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if precise_bn_batches:
-        full = phases[-1].batch_size if phases[-1].crop is None else 8
+    if c.precise_bn_batches:
+        full = c.phases[-1].batch_size if c.phases[-1].crop is None else 8
 
         def stats_batch(k: int) -> np.ndarray:
-            rng = np.random.default_rng([seed, 10**9 + k])
+            rng = np.random.default_rng([c.seed, 10**9 + k])
             return qd.random_batch(
                 rng,
                 images,
                 full,
-                size,
-                group=group,
-                kinds=kinds,
-                tone=tone,
+                c.size,
+                group=c.group,
+                kinds=c.kinds,
+                tone=c.tone,
                 weights=weights,
-                visible_percentile=visible_percentile,
+                visible_percentile=c.visible_percentile,
             )[0]
 
-        stats_data = (stats_batch(k) for k in range(precise_bn_batches))
+        stats_data = (stats_batch(k) for k in range(c.precise_bn_batches))
         variables = precise_batch_stats(module, variables, stats_data)
-        log(f"BatchNorm statistics recomputed on {precise_bn_batches} batches of {full} whole views")
+        log(f"BatchNorm statistics recomputed on {c.precise_bn_batches} batches of {full} whole views")
     return finished_variables(module, variables)
 
 
@@ -357,38 +391,6 @@ def _write(out: Path, variables: dict[str, Any], card: dict[str, Any], *, force:
         ) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The settings of a `train_default_model` run (the options of `hasmap train-quality`)."""
-
-    seed: int = 0
-    phases: tuple[Phase, ...] = DEFAULT_PHASES
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    huber_delta: float = 8.0
-    pair_weight: float = 1.0
-    group: int = 4  # versions of each view per batch (1 clean)
-    eval_views: int = 3  # views per held-out photo in the evaluation
-    kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
-    tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
-    calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
-    visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
-
-    def __post_init__(self):
-        if not self.calm_weight > 0:
-            raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
-        if not 0.0 <= self.visible_percentile <= 100.0:
-            raise ValueError(f"visible_percentile must be in [0, 100], got {self.visible_percentile}")
-
-    def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
-        """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
-        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
-        if self.calm_weight == 1.0:
-            return None
-        return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
-
-
 def train_default_model(
     out: str | os.PathLike,
     photo_roots: Sequence[str] = (),
@@ -427,23 +429,7 @@ def train_default_model(
         log(f"calm photos drawn with weight {config.calm_weight:g}: {calm / sum(weights):.0%} of the draws")
     module = make_model()
     start = time.perf_counter()
-    variables = train(
-        module,
-        train_images,
-        seed=config.seed,
-        phases=config.phases,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        huber_delta=config.huber_delta,
-        group=config.group,
-        pair_weight=config.pair_weight,
-        kinds=config.kinds,
-        tone=config.tone,
-        weights=weights,
-        visible_percentile=config.visible_percentile,
-        log=log,
-    )
+    variables = train(module, train_images, config, weights=weights, log=log)
     wall = time.perf_counter() - start
     log(f"trained in {wall:.0f} s; evaluating on held-out photos")
     listed = photo_manifest.photos("heldout")
