@@ -750,8 +750,11 @@ class TrainConfig:
     tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
     calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
     visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
+    pooling: str = "global"  # KonCept512.pooling of the trained model ("global" or "mean_max")
 
     def __post_init__(self):
+        if self.pooling not in ("global", "mean_max"):
+            raise ValueError(f"pooling must be 'global' or 'mean_max' (KonCept512.pooling), got {self.pooling!r}")
         if not self.calm_weight > 0:
             raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
         if not 0.0 <= self.visible_percentile <= 100.0:
@@ -801,7 +804,7 @@ def train_default_model(
     if weights is not None:
         calm = sum(w for w, p in zip(weights, photo_manifest.photos("train"), strict=True) if p.category == "calm")
         log(f"calm photos drawn with weight {config.calm_weight:g}: {calm / sum(weights):.0%} of the draws")
-    module = make_model()
+    module = make_model(pooling=config.pooling)
     start = time.perf_counter()
     variables = train(
         module,
