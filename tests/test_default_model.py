@@ -314,6 +314,21 @@ def test_calm_weight_and_visible_percentile_settings(capsys, tmp_path):
     assert "visible_percentile" in capsys.readouterr().err and not out.exists()
 
 
+def test_pooling_setting(capsys, tmp_path):
+    """`--pooling` / `TrainConfig.pooling` picks the trained model's `KonCept512.pooling`: "global" or
+    "mean_max"; the published torch layout's "window8" (a fixed 8x8 window) is refused."""
+    from hasmap_jax.cli import main
+
+    assert tq.make_model(pooling="mean_max").pooling == "mean_max"
+    for bad in ("window8", "max"):
+        with pytest.raises(ValueError, match="pooling"):
+            tq.TrainConfig(pooling=bad)
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit) as info:
+        main(["train-quality", "--pooling", "window8", "--out", str(out)])
+    assert info.value.code == 2 and "--pooling" in capsys.readouterr().err and not out.exists()
+
+
 def test_groups_use_only_the_trained_kinds():
     rng = np.random.default_rng(0)
     image = _to_u8_view(random_images(1, 400, 520)[0])
@@ -466,6 +481,7 @@ def test_fold_score_scale_and_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # nothing left aside
     restored = load_quality_model(out)
     np.testing.assert_allclose(restored.apply(x), module.apply(folded, x)[0], rtol=1e-5, atol=1e-4)
+
     # --record: an evaluation goes into the card as <split>_evaluation; the weights stay as they were
     def weights():
         files = [f for f in out.rglob("*") if f.is_file() and f.name != checkpoint.CARD_NAME]
