@@ -335,6 +335,21 @@ def test_calm_weight_and_visible_percentile_settings(capsys, tmp_path):
     assert "visible_percentile" in capsys.readouterr().err and not out.exists()
 
 
+def test_pooling_setting(capsys, tmp_path):
+    """`--pooling` / `TrainConfig.pooling` picks the trained model's `KonCept512.pooling`: "global" or
+    "mean_max"; the published torch layout's "window8" (a fixed 8x8 window) is refused."""
+    from hasmap_jax.cli import main
+
+    assert tq.make_model(pooling="mean_max").pooling == "mean_max"
+    for bad in ("window8", "max"):
+        with pytest.raises(ValueError, match="pooling"):
+            tq.TrainConfig(pooling=bad)
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit) as info:
+        main(["train-quality", "--pooling", "window8", "--out", str(out)])
+    assert info.value.code == 2 and "--pooling" in capsys.readouterr().err and not out.exists()
+
+
 def test_groups_use_only_the_trained_kinds():
     rng = np.random.default_rng(0)
     image = _to_u8_view(random_images(1, 400, 520)[0])

@@ -16,7 +16,15 @@ from conftest import random_images
 import hasmap_jax
 from hasmap_jax.files import sha256_file
 from hasmap_jax.models.inception_resnet_v2 import feature_map_size
-from hasmap_jax.models.koncept import KONCEPT_INPUT_SIZE, koncept512, quality_logits
+from hasmap_jax.models.koncept import (
+    KONCEPT_INPUT_SIZE,
+    POOLINGS,
+    VARIANTS,
+    KonCept512,
+    koncept512,
+    pool_features,
+    quality_logits,
+)
 from hasmap_jax.models.variables import WeightError
 
 RTOL = 1e-4  # the issue's parity tolerance (relative, on the score)
@@ -323,3 +331,63 @@ def test_score_rejects_bad_images(tiny, bad, match):
     model, variables, _ = tiny
     with pytest.raises(ValueError, match=match):
         hasmap_jax.QualityModel(model, variables, {}).score(bad)
+
+
+# ---------------------------------------------------------------- pooling options
+
+
+def test_published_variants_keep_their_pooling():
+    """The two published layouts pool as their checkpoints were trained ("window8", "global");
+    "mean_max" is an option of the default model only (the parity tests above check the numerics)."""
+    assert VARIANTS["koncept512-pytorch"]["pooling"] == "window8" == KonCept512().pooling
+    assert VARIANTS["koncept512-keras"]["pooling"] == "global"
+    assert [koncept512(v).pooling for v in ("koncept512-pytorch", "koncept512-keras")] == ["window8", "global"]
+    assert set(POOLINGS) == {"global", "window8", "mean_max"}
+
+
+def test_pool_features():
+    """ "global" is the mean over the map, "window8" the mean of its top-left 8x8 window, "mean_max"
+    the mean and the per-channel maximum concatenated: one hot location lifts only the maximum."""
+    r = np.random.default_rng(0)
+    f = jnp.asarray(r.random((2, 10, 14, 5), dtype=np.float32))
+    hot = f.at[0, 7, 3, 1].set(40.0)
+    np.testing.assert_allclose(pool_features(f, "global"), f.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(pool_features(f, "window8"), f[:, :8, :8].mean(axis=(1, 2)), rtol=1e-6)
+    mm = pool_features(f, "mean_max")
+    assert mm.shape == (2, 10)
+    np.testing.assert_allclose(mm[:, :5], pool_features(f, "global"), rtol=1e-6)
+    np.testing.assert_array_equal(mm[:, 5:], f.max(axis=(1, 2)))
+    moved = pool_features(hot, "mean_max") - mm
+    assert float(moved[0, 6]) == pytest.approx(40.0 - float(f[0].max(axis=(0, 1))[1]))  # the max: the hot value
+    assert float(moved[0, 1]) == pytest.approx((40.0 - float(f[0, 7, 3, 1])) / 140, rel=1e-5)  # the mean: 1/140 of it
+    assert not np.asarray(moved[1]).any()
+    with pytest.raises(ValueError, match="mean_max"):
+        pool_features(f, "max")
+
+
+def test_mean_max_model():
+    """A KonCept512 with pooling "mean_max": scores (N,), the pooled vector (N, 2C) is the mean and the
+    max of its own feature map, the head's first layer has 2C inputs and every other variable has the
+    published layout's shape; it folds (the attack's inference graph) and trains like the others."""
+    from hasmap_jax.models.folding import abstract_variables, fold_batchnorm
+
+    model = koncept512("koncept512-keras", **TINY, pooling="mean_max")
+    x = jnp.asarray(random_images(2, 160, 192, seed=4))
+    variables = jax.jit(model.init)({"params": jax.random.key(0)}, x[:1])
+    s, aux = jax.jit(model.apply)(variables, x)
+    f, c = aux["features"], aux["features"].shape[-1]
+    assert s.shape == (2,) and aux["pooled"].shape == (2, 2 * c)
+    np.testing.assert_allclose(aux["pooled"][:, :c], f.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(aux["pooled"][:, c:], f.max(axis=(1, 2)))
+    shapes = jax.tree.map(lambda a: a.shape, variables)
+    plain = jax.tree.map(lambda a: a.shape, abstract_variables(koncept512("koncept512-keras", **TINY)))
+    assert shapes["params"]["fc_fc0"]["kernel"] == (2 * c, plain["params"]["fc_fc0"]["kernel"][1])
+    shapes["params"]["fc_fc0"]["kernel"] = plain["params"]["fc_fc0"]["kernel"]
+    assert shapes == plain
+    assert KonCept512.from_config(model.config()) == model
+    # non-trivial BatchNorm statistics, so that a wrong fold would show
+    variables = {**variables, "batch_stats": jax.tree.map(lambda a: a + 0.3, variables["batch_stats"])}
+    folded_module, folded = fold_batchnorm(model, variables)
+    np.testing.assert_allclose(
+        scores(folded_module, folded, x), scores(model, variables, x), rtol=1e-4, atol=1e-4 * float(jnp.abs(s).max())
+    )

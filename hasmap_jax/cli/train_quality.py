@@ -99,6 +99,14 @@ def register(subparsers) -> None:
         help="cap blur and resampling labels by the change at this percentile of the view's 32x32 blocks "
         "(default: %(default)s; 99 counts a subject on 1 %% of the view)",
     )
+    p.add_argument(
+        "--pooling",
+        choices=("global", "mean_max"),
+        default=d.pooling,
+        help="how the model pools its feature map before the head (KonCept512.pooling; default: %(default)s): "
+        "'mean_max' concatenates the mean and the maximum over the map, so that the most detailed part "
+        "of the view counts",
+    )
     p.set_defaults(func=run)
 
 
@@ -144,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             tone=args.tone,
             calm_weight=args.calm_weight,
             visible_percentile=args.visible_percentile,
+            pooling=args.pooling,
         )
     except ValueError as e:
         print(f"train-quality: {e}", file=sys.stderr)

@@ -42,8 +42,13 @@ class KonCept512(ConfigMixin, nn.Module):
     Attributes:
       width, depths, bn_scale, pool_count_include_pad, dtype: passed to `InceptionResNetV2`.
       backbone_bn_epsilon: BatchNorm epsilon of the backbone (1e-3 in both published variants).
-      pooling: "global" (mean over the whole map, Keras) or "window8" (torch `AvgPool2d(8)`: mean of
-        the top-left 8x8 window, which requires a map of 8..15 in each dimension).
+      pooling: how the backbone map (N, h, w, C) becomes the head's input (`pool_features`): "global"
+        (mean over the whole map, Keras), "window8" (torch `AvgPool2d(8)`: mean of the top-left 8x8
+        window, which requires a map of 8..15 in each dimension), or "mean_max" (not in either published
+        variant: the mean and the maximum over the whole map, concatenated, (N, 2C); the head's first
+        Dense then has 2C inputs). "mean_max" lets the head follow the most detailed part of the view:
+        a small sharp subject or a thin horizon on a large smooth area lifts each feature's maximum,
+        where the mean dilutes it (the shipped default model; weights/README.md, issue 26).
       head_widths: widths of the three hidden Dense layers (published: 2048, 1024, 256).
       head_bn_epsilon: epsilon of the head's BatchNorm (1e-5 for PyTorch BatchNorm1d, 1e-3 for Keras).
       dropout_rates: dropout after each hidden layer (published: 0.25, 0.25, 0.5).
@@ -58,8 +63,8 @@ class KonCept512(ConfigMixin, nn.Module):
         features, the head and the scores stay float32.
 
     Call with images (N, H, W, 3) float in [0, 1]. Returns `(scores, aux)` with scores (N,) float32
-    and aux holding the backbone map ("features", in `dtype`), the pooled vector ("pooled") and the
-    backbone's stages.
+    and aux holding the backbone map ("features", in `dtype`), the pooled vector ("pooled": (N, C), or
+    (N, 2C) with "mean_max") and the backbone's stages.
     """
 
     width: float = 1.0
@@ -112,10 +117,18 @@ class KonCept512(ConfigMixin, nn.Module):
         return scores, {"features": features, "pooled": pooled, **aux}
 
 
+#: The poolings `KonCept512` accepts (`pool_features`).
+POOLINGS = ("global", "window8", "mean_max")
+
+
 def pool_features(features: Array, pooling: str) -> Array:
-    """Pools a (N, h, w, C) map to (N, C), "global" or torch AvgPool2d(8)-style "window8"."""
+    """Pools a (N, h, w, C) map: "global" (mean, (N, C)), torch AvgPool2d(8)-style "window8" (mean of
+    the top-left 8x8 window, (N, C)) or "mean_max" ([mean, max] over the map per channel, (N, 2C);
+    as fastai's `AdaptiveConcatPool2d`, mean first)."""
     if pooling == "global":
         return jnp.mean(features, axis=(1, 2))
+    if pooling == "mean_max":
+        return jnp.concatenate([jnp.mean(features, axis=(1, 2)), jnp.max(features, axis=(1, 2))], axis=-1)
     if pooling == "window8":
         h, w = features.shape[1:3]
         if not (8 <= h < 16 and 8 <= w < 16):
@@ -125,7 +138,7 @@ def pool_features(features: Array, pooling: str) -> Array:
                 f"(KonCept512 expects {KONCEPT_INPUT_SIZE[0]}x{KONCEPT_INPUT_SIZE[1]})."
             )
         return jnp.mean(features[:, :8, :8, :], axis=(1, 2))
-    raise ValueError(f"unknown pooling {pooling!r}; expected 'global' or 'window8'")
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
 def quality_logits(scores: Array, threshold: float = 50.0) -> Array:

@@ -239,8 +239,11 @@ class TrainConfig:
     visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
     size: tuple[int, int] = KONCEPT_INPUT_SIZE  # the views' size, before the phases' crops
     precise_bn_batches: int = 24  # batches of whole views the BatchNorm statistics are recomputed on (0: keep)
+    pooling: str = "global"  # KonCept512.pooling of the model train_default_model trains ("global" or "mean_max")
 
     def __post_init__(self):
+        if self.pooling not in ("global", "mean_max"):
+            raise ValueError(f"pooling must be 'global' or 'mean_max' (KonCept512.pooling), got {self.pooling!r}")
         if not self.calm_weight > 0:
             raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
         if not 0.0 <= self.visible_percentile <= 100.0:
@@ -427,7 +430,7 @@ def train_default_model(
     if weights is not None:
         calm = sum(w for w, p in zip(weights, photo_manifest.photos("train"), strict=True) if p.category == "calm")
         log(f"calm photos drawn with weight {config.calm_weight:g}: {calm / sum(weights):.0%} of the draws")
-    module = make_model()
+    module = make_model(pooling=config.pooling)
     start = time.perf_counter()
     variables = train(module, train_images, config, weights=weights, log=log)
     wall = time.perf_counter() - start
