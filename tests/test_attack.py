@@ -675,3 +675,80 @@ def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
     assert not bool(cand.success[0])  # the step's draw (chain j) fails ...
     after = step_fn(model, fresh, jnp.int32(0), inp, plan=plan)
     assert bool(after.found[0]) and np.isfinite(np.asarray(after.best_dist)).all()  # ... yet it is a success
+
+
+def test_fmn_scores_the_checkpoints_and_decides_on_them(batch):
+    """`MinNorm.follow_checkpoints`: with views drawn at random, the minimum-norm method's step
+    scores the photo and every checkpoint ahead of the drawn chains (exactly `checkpoint_views`,
+    also after a prefix), and success is read from those views, whatever the draw adds: no separate
+    check runs."""
+    from hasmap_jax.transforms.profiles import EOT, resolve_profile
+
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+    profile = resolve_profile("flip,resize0.75,blur1,crop0.9,resize0.5")
+    chains = profile.checkpoints
+    im = jnp.asarray(x[0] / 255.0, jnp.float32)
+    for prof in (profile, profile.saved_as("jpeg85")):
+        checks = A.batch._checks(prof)
+        eot, k = L.with_checkpoints(prof.eot, checks)
+        assert k == 1 + len(checks) and eot.groups == prof.eot.groups
+        for i in range(3):
+            views = A.model_views(im, None, (), eot, eot.draw(jnp.int32(i)))
+            assert views.shape[0] == k + len(eot.groups)
+            np.testing.assert_allclose(views[:k], A.checkpoint_views(im, None, checks), atol=1e-6)
+    # a checkpoint that does not start with the prefix: the separate check stays
+    assert L.with_checkpoints(EOT(prefix=chains[0], groups=((chains[1],),)), (chains[2],))[1] == 0
+    # An unlucky draw: a chain outside the checkpoints rates the photo higher than the photo and the
+    # checkpoint do; with the threshold between, the step's views fail, the deciding ones pass.
+    every = np.stack([np.asarray(model.apply(A.checkpoint_views(jnp.asarray(m / 255.0), None, chains))) for m in x])
+    p, j, k = next(
+        (p, j, k)
+        for p in range(3)
+        for j in range(len(chains))
+        for k in range(len(chains))
+        if j != k and every[p, 1 + j] > max(every[p, 0], every[p, 1 + k])
+    )
+    eot, n = L.with_checkpoints(EOT(groups=((chains[j],),)), (chains[k],))
+    plan = L.Plan(
+        steps=0,
+        search_steps=1,
+        optimizer=None,
+        check_every=1000,
+        view_size=None,
+        jpeg_chain=(),
+        eot=eot,
+        method="fmn",
+        checks=(chains[k],),
+        verdict_views=n,
+    )
+    assert n == 2 and not plan.checks_apart
+    inp = inputs(x[p : p + 1], threshold=float(max(every[p, 0], every[p, 1 + k]) + every[p, 1 + j]) / 2, steps=10)
+    state, _ = jax.jit(L.begin, static_argnames="plan")(model, inp, plan=plan)
+    fresh = state._replace(done=jnp.zeros_like(state.done))
+    cand = L.evaluate(model, fresh, jnp.int32(0), inp, plan=plan)
+    assert not bool(cand.drawn_success[0]) and bool(cand.success[0]) and bool(cand.rated_low[0])
+    assert not bool(L.needs_check(fresh, cand, plan=plan)[0])
+    after = jax.jit(L.batch_step, static_argnames="plan")(model, fresh, jnp.int32(0), inp, plan=plan)
+    assert bool(after.found[0])
+    # the other way round: the checkpoint fails, so no success whatever the drawn chain says
+    eot, n = L.with_checkpoints(EOT(groups=((chains[k],),)), (chains[j],))
+    plan = dataclasses.replace(plan, eot=eot, checks=(chains[j],), verdict_views=n)
+    cand = L.evaluate(model, fresh, jnp.int32(0), inp, plan=plan)
+    assert not bool(cand.success[0])
+
+
+def test_fmn_under_drawn_views_with_and_without_following_the_checkpoints(batch):
+    """Both ways run through `attack_batch` and keep only photos the checkpoints rate low."""
+    x, _ = batch
+    model = smooth_and_noisy_toy()
+    profile = "flip,resize0.75,blur1,crop0.9,resize0.5"
+    for follow in (True, False):
+        r = A.attack_batch(
+            x, model=model, method=A.MinNorm(follow_checkpoints=follow), steps=20, robust=profile, threshold=45.0
+        )
+        assert r.checkpoints == ("flip", "resize0.75", "blur1", "crop0.9", "resize0.5")
+        margin = np.asarray(r.kept) == "margin"
+        assert margin.any(), r.kept
+        # the differentiable checkpoints rated the kept photos low; the real ones agree on this toy
+        assert (np.asarray(r.success_after_checkpoints)[margin]).all(), r.scores_after_checkpoints

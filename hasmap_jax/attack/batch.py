@@ -18,7 +18,7 @@ import numpy as np
 
 from hasmap_jax.arrays import as_unit_float
 from hasmap_jax.attack.config import AttackConfig
-from hasmap_jax.attack.loop import KEPT, Inputs, Plan, run_device, run_host
+from hasmap_jax.attack.loop import KEPT, Inputs, Plan, run_device, run_host, with_checkpoints
 from hasmap_jax.metrics import distortion
 from hasmap_jax.runtime.parallel import data_mesh, replicate, shard_batch, unshard
 from hasmap_jax.scoring import resolve_view_size, view_scores
@@ -235,6 +235,9 @@ def attack_batch(
         steps=jnp.int32(config.steps),
     )
     steps = config.steps
+    eot, verdict_views = profile.eot if profile is not None else None, 0
+    if config.method == "fmn" and config.minnorm.follow_checkpoints and eot is not None and eot.groups:
+        eot, verdict_views = with_checkpoints(eot, _checks(profile))
     plan = Plan(
         steps=steps,
         search_steps=config.search_steps,
@@ -242,11 +245,12 @@ def attack_batch(
         check_every=_stall_window(config.method, steps) if config.early_stop else steps + 1,
         view_size=view_size,
         jpeg_chain=profile.jpeg_chain if profile is not None else (),
-        eot=profile.eot if profile is not None else None,
+        eot=eot,
         report_every=max(1, min(steps, 5)) if progress is not None and loop == "device" else 0,
         method=config.method,
         minnorm=config.minnorm if config.method == "fmn" else None,
         checks=_checks(profile),
+        verdict_views=verdict_views,
     )
     report = None if progress is None else _Reporter(progress, steps * config.search_steps)
     run = run_host if loop == "host" else run_device

@@ -134,6 +134,7 @@ class Plan:
     method: str = "cw"
     minnorm: MinNorm | None = None  # the "fmn" settings (default `MinNorm()`)
     checks: tuple = ()  # with drawn views: the chains success is checked on (the profile's checkpoints)
+    verdict_views: int = 0  # > 0: success is read from the step's first this many views (`with_checkpoints`)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -148,8 +149,14 @@ class Plan:
 
     @property
     def draws(self) -> bool:
-        """Views are drawn at random per step (then candidates are checked on every chain)."""
+        """Views are drawn at random per step."""
         return self.eot is not None and bool(self.eot.groups)
+
+    @property
+    def checks_apart(self) -> bool:
+        """Success is decided by a separate check on the checkpoints (views drawn at random, and the
+        step's views do not hold the checkpoints themselves)."""
+        return self.draws and not self.verdict_views
 
     def draw(self, i: Array) -> Array | None:
         return self.eot.draw(i) if self.draws else None
@@ -158,6 +165,18 @@ class Plan:
     def views(self) -> tuple:
         """`model_views`' static arguments after the image: (view_size, jpeg_chain, eot)."""
         return self.view_size, self.jpeg_chain, self.eot
+
+
+def with_checkpoints(eot: EOT, checks: tuple) -> tuple[EOT, int]:
+    """`eot` with the checkpoints `checks` scored at every step ahead of its other chains, and how
+    many of the step's views then decide success: the photo, the prefix's result (if any) and each
+    checkpoint, the views `checkpoint_views` shows (`MinNorm.follow_checkpoints`). Every checkpoint
+    starts with the prefix (a profile's `saved_as` makes them so); (eot, 0) where one does not."""
+    n = len(eot.prefix)
+    if not checks or any(tuple(c[:n]) != tuple(eot.prefix) for c in checks):
+        return eot, 0
+    rest = tuple(tuple(c[n:]) for c in checks if len(c) > n)  # the prefix itself is already a view
+    return dataclasses.replace(eot, always=rest + tuple(eot.always)), 1 + bool(eot.prefix) + len(rest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,17 +208,23 @@ def _evaluate_one(model, state: ImageState, inp: Inputs, draw, plan: Plan) -> Ca
         has_aux=True,
     )(state.params)
     photo = cw_loss(quality_logits(scores[0], inp.threshold), inp.confidence) <= 0.0
-    success = lc <= 0.0
+    drawn = lc <= 0.0
+    if plan.verdict_views:  # the photo and the checkpoints lead the step's views
+        decide = scores[: plan.verdict_views]
+        margins = jax.vmap(cw_loss, in_axes=(0, None))(quality_logits(decide, inp.threshold), inp.confidence)
+        success, rated_low = jnp.sum(margins) <= 0.0, jnp.max(decide) <= inp.threshold
+    else:
+        success, rated_low = drawn, score <= inp.threshold
     return Candidate(
         adv8.astype(jnp.uint8),
         dist,
         loss,
         grad,
         success,
-        score <= inp.threshold,
+        rated_low,
         photo,
         scores[0] <= inp.threshold,
-        success,
+        drawn,
     )
 
 
@@ -294,7 +319,7 @@ def needs_check(state: ImageState, cand: Candidate, *, plan: Plan) -> Array:
     passes (a success needs it) and the verdict could change the state: a success that could be
     kept, be this search step's first, or move the "fmn" budget; an iterate rated low that could be
     kept as the fallback. Else none (the step's views are every view)."""
-    if not plan.draws:
+    if not plan.checks_apart:
         return jnp.zeros_like(state.done)
     relevant = (cand.dist < state.best_dist) | ~state.found | (plan.method == "fmn")
     return ~state.done & ((cand.photo_success & relevant) | (cand.photo_low & (cand.dist < state.low_dist)))
@@ -321,7 +346,7 @@ def update(state: ImageState, cand: Candidate, i, inp: Inputs, *, plan: Plan) ->
 def batch_step(model, state: ImageState, i, inp: Inputs, *, plan: Plan) -> ImageState:
     """One whole step in one program (the device loop's body; the host loop's step without draws)."""
     cand = evaluate(model, state, i, inp, plan=plan)
-    if plan.draws:
+    if plan.checks_apart:
         needed = needs_check(state, cand, plan=plan)
         cand = jax.lax.cond(
             jnp.any(needed), lambda: check(model, cand, needed, inp, plan=plan), lambda: unchecked(cand)
@@ -524,7 +549,7 @@ def _j_finish(model, state, cand, needed, i, inp, *, plan, checked):
 
 
 def _host_step(model, state, i, inp, plan):
-    if not plan.draws:
+    if not plan.checks_apart:
         return _j_step(model, state, i, inp, plan=plan)
     cand, needed = _j_evaluate(model, state, i, inp, plan=plan)
     return _j_finish(model, state, cand, needed, i, inp, plan=plan, checked=bool(jnp.any(needed)))

@@ -54,6 +54,11 @@ class MinNorm:
         than this fraction over the stall window (`attack_batch`'s early stop).
       project: `project(u, s, eps)`, the projection onto the budget (`project_ball`); a variant
         is a function of the same contract (hashable: a module-level function).
+      follow_checkpoints: with views drawn at random (the `web` profile), the loss also scores the
+        profile's checkpoints at every step, so that the step follows the views that decide success
+        as well as the drawn ones, and success is read from the same forward pass (no separate
+        check). False: the drawn views alone, and a separate check on the checkpoints (fewer model
+        evaluations per step, a noisier direction; `docs/results.md`, "Minimum-norm protection").
     """
 
     step: tuple[float, float] = (0.5, 0.005)
@@ -61,6 +66,7 @@ class MinNorm:
     min_sensitivity: float = 1e-2
     tolerance: float = 1e-2
     project: Callable[[Array, Array, Array], Array] = project_ball
+    follow_checkpoints: bool = True
 
     def __post_init__(self):
         for name in ("step", "gamma"):
