@@ -610,6 +610,19 @@ def test_host_loop_equals_device_loop_with_eot_draws(batch):
 
 
 @pytest.mark.slow
+def unlucky_draw(every: np.ndarray) -> tuple[int, int, int]:
+    """(photo p, chain j, chain k) where chain j rates photo p higher than the photo itself and
+    chain k do (`every`: each photo's scores, the photo then each chain): drawing j while deciding
+    on k fails the step's views but passes the deciding ones."""
+    return next(
+        (p, j, k)
+        for p in range(every.shape[0])
+        for j in range(every.shape[1] - 1)
+        for k in range(every.shape[1] - 1)
+        if j != k and every[p, 1 + j] > max(every[p, 0], every[p, 1 + k])
+    )
+
+
 def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
     """With views drawn at random, each step's gradient sees the chains `EOT.draw(step)` picks, but
     an iterate counts as a success (is kept, moves the search) only when the photo and every
@@ -658,13 +671,7 @@ def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
     # An unlucky draw: a profile that draws a chain outside its checkpoints, which rates the photo
     # higher than the photo and the checkpoint do; with the threshold between, this step's views fail
     # but the checked ones pass: a success.
-    p, j, k = next(
-        (p, j, k)
-        for p in range(3)
-        for j in range(len(chains))
-        for k in range(len(chains))
-        if j != k and every[p, 1 + j] > max(every[p, 0], every[p, 1 + k])
-    )
+    p, j, k = unlucky_draw(every)
     odd = EOT(groups=((chains[k],), (chains[j],)))
     plan = dataclasses.replace(plan, eot=odd, checks=(chains[k],))
     inp = inputs(x[p : p + 1], alpha=0.05, threshold=float(max(every[p, 0], every[p, 1 + k]) + every[p, 1 + j]) / 2)
@@ -702,13 +709,7 @@ def test_fmn_scores_the_checkpoints_and_decides_on_them(batch):
     # An unlucky draw: a chain outside the checkpoints rates the photo higher than the photo and the
     # checkpoint do; with the threshold between, the step's views fail, the deciding ones pass.
     every = np.stack([np.asarray(model.apply(A.checkpoint_views(jnp.asarray(m / 255.0), None, chains))) for m in x])
-    p, j, k = next(
-        (p, j, k)
-        for p in range(3)
-        for j in range(len(chains))
-        for k in range(len(chains))
-        if j != k and every[p, 1 + j] > max(every[p, 0], every[p, 1 + k])
-    )
+    p, j, k = unlucky_draw(every)
     eot, n = L.with_checkpoints(EOT(groups=((chains[j],),)), (chains[k],))
     plan = L.Plan(
         steps=0,
