@@ -739,6 +739,7 @@ def test_fmn_scores_the_checkpoints_and_decides_on_them(batch):
     assert not bool(cand.success[0])
 
 
+@pytest.mark.slow
 def test_fmn_under_drawn_views_with_and_without_following_the_checkpoints(batch):
     """Both ways run through `attack_batch` and keep only photos the checkpoints rate low."""
     x, _ = batch
