@@ -368,7 +368,7 @@ def test_pool_features():
 def test_mean_max_model():
     """A KonCept512 with pooling "mean_max": scores (N,), the pooled vector (N, 2C) is the mean and the
     max of its own feature map, the head's first layer has 2C inputs and every other variable has the
-    published layout's shape; it folds (the attack's inference graph) and trains like the others."""
+    published layout's shape; it folds (the attack's inference graph) as the others do."""
     from hasmap_jax.models.folding import abstract_variables, fold_batchnorm
 
     model = koncept512("koncept512-keras", **TINY, pooling="mean_max")

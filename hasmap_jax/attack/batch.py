@@ -235,9 +235,9 @@ def attack_batch(
         steps=jnp.int32(config.steps),
     )
     steps = config.steps
-    eot, verdict_views = profile.eot if profile is not None else None, 0
+    eot, checks, verdict_views = profile.eot if profile is not None else None, _checks(profile), 0
     if config.method == "fmn" and config.minnorm.follow_checkpoints and eot is not None and eot.groups:
-        eot, verdict_views = with_checkpoints(eot, _checks(profile))
+        eot, verdict_views = with_checkpoints(eot, checks)
     plan = Plan(
         steps=steps,
         search_steps=config.search_steps,
@@ -249,7 +249,7 @@ def attack_batch(
         report_every=max(1, min(steps, 5)) if progress is not None and loop == "device" else 0,
         method=config.method,
         minnorm=config.minnorm if config.method == "fmn" else None,
-        checks=_checks(profile),
+        checks=checks,
         verdict_views=verdict_views,
     )
     report = None if progress is None else _Reporter(progress, steps * config.search_steps)

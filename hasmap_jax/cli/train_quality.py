@@ -15,7 +15,7 @@ from pathlib import Path
 from hasmap_jax.training import train
 from hasmap_jax.training.data import check_kinds
 from hasmap_jax.training.evaluate import evaluate_checkpoint, format_report, record_evaluation
-from hasmap_jax.training.train import Phase, TrainConfig, train_default_model
+from hasmap_jax.training.train import TRAINED_POOLINGS, Phase, TrainConfig, train_default_model
 from hasmap_jax.weights.loading import weights_dir
 
 EPILOG = """\
@@ -101,7 +101,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--pooling",
-        choices=("global", "mean_max"),
+        choices=TRAINED_POOLINGS,
         default=d.pooling,
         help="how the model pools its feature map before the head (KonCept512.pooling; default: %(default)s): "
         "'mean_max' concatenates the mean and the maximum over the map, so that the most detailed part "

@@ -218,6 +218,10 @@ class Phase(NamedTuple):
 #: settles on features pooled over the size the model is used at.
 DEFAULT_PHASES = (Phase(4000, 16, (128, 160)), Phase(400, 8, None))
 
+#: The `KonCept512.pooling` choices a trained model may have ("window8" is the published PyTorch
+#: layout's, tied to a 10x14 map; `hasmap train-quality --pooling`).
+TRAINED_POOLINGS = ("global", "mean_max")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -239,11 +243,11 @@ class TrainConfig:
     visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
     size: tuple[int, int] = KONCEPT_INPUT_SIZE  # the views' size, before the phases' crops
     precise_bn_batches: int = 24  # batches of whole views the BatchNorm statistics are recomputed on (0: keep)
-    pooling: str = "global"  # KonCept512.pooling of the model train_default_model trains ("global" or "mean_max")
+    pooling: str = "global"  # KonCept512.pooling of the model train_default_model trains (TRAINED_POOLINGS)
 
     def __post_init__(self):
-        if self.pooling not in ("global", "mean_max"):
-            raise ValueError(f"pooling must be 'global' or 'mean_max' (KonCept512.pooling), got {self.pooling!r}")
+        if self.pooling not in TRAINED_POOLINGS:
+            raise ValueError(f"pooling must be one of {TRAINED_POOLINGS} (KonCept512.pooling), got {self.pooling!r}")
         if not self.calm_weight > 0:
             raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
         if not 0.0 <= self.visible_percentile <= 100.0:
