@@ -273,6 +273,36 @@ def test_visible_percentile_counts_a_small_subject():
     assert max(raised) > 0.2, raised
 
 
+def test_cap_fade_from_makes_a_strong_blur_count_on_a_smooth_view():
+    """`cap_fade_from`: the content cap fades out from that nominal severity to 1, so that on a view
+    without detail a strong blur keeps a strong label (floor (s - a) / (1 - a)) and the labels grow
+    with the blur; below `a`, and at the default 1, the cap is the whole cap."""
+    yy, xx = np.mgrid[:384, :512]
+    smooth = np.stack([0.3 + 0.4 * xx / 512, 0.5 + 0.0 * yy, 0.6 - 0.2 * yy / 384], -1).astype(np.float32)
+    labels = {}
+    for s in (0.4, 0.6, 0.8, 1.0):
+        y = qd.gaussian_blur(smooth, sigma=qd.parameter("blur", s))
+        assert qd.effective_severity("blur", s, smooth, y, percentile=99.0) < 0.2  # the whole cap
+        assert qd.effective_severity("blur", s, smooth, y, percentile=99.0, cap_fade_from=1.0) < 0.2
+        labels[s] = qd.effective_severity("blur", s, smooth, y, percentile=99.0, cap_fade_from=0.5)
+    assert labels[0.4] < 0.2 and labels[1.0] == 1.0
+    assert labels[0.6] == pytest.approx(0.2, abs=1e-6) and labels[0.8] == pytest.approx(0.6, abs=1e-6)
+    assert qd.target_score(labels[0.8]) <= 50.0  # sigma 3, the specification's "clearly degraded": low
+    assert qd.effective_severity("noise", 0.3, smooth, smooth, cap_fade_from=0.5) == 0.3  # other kinds: nominal
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="cap_fade_from"):
+            qd.effective_severity("blur", 0.5, smooth, smooth, cap_fade_from=bad)
+        with pytest.raises(ValueError, match="cap_fade_from"):
+            tq.TrainConfig(cap_fade_from=bad)
+    # the training groups' labels follow it (the same draws otherwise)
+    view = _to_u8_view(smooth)
+    a = qd.random_group(np.random.default_rng(3), view, 2, size=(384, 512), kinds=("blur",), visible_percentile=99.0)
+    b = qd.random_group(
+        np.random.default_rng(3), view, 2, size=(384, 512), kinds=("blur",), visible_percentile=99.0, cap_fade_from=0.0
+    )
+    assert a[1].nominal == b[1].nominal and b[1].severity == pytest.approx(b[1].nominal) and a[1].severity < 0.2
+
+
 def test_clearly_degraded_by_parameter():
     """The specification's "clearly degraded" (blur sigma >= 3, noise std >= 25/255, JPEG <= 10) by
     nominal severity, and `severity_of` inverts `parameter`."""
@@ -364,6 +394,48 @@ def test_groups_use_only_the_trained_kinds():
     for bad in ((), ("blur", "blur"), ("sharpen",)):
         with pytest.raises(ValueError, match="kinds"):
             qd.random_group(rng, image, 3, kinds=bad)
+
+
+def test_repeat_kind_orders_two_severities_of_one_kind():
+    """`repeat_kind`: the last degradation of a group repeats the first one's kind at a severity of
+    its own (so the within-view difference loss sees two strengths of one kind), the others stay
+    distinct; without it a group draws exactly as before (the runs before issue 26 reproduce)."""
+    image = _to_u8_view(random_images(1, 400, 520)[0])
+    kinds = ("blur", "noise", "jpeg", "resample")
+    firsts = set()
+    for seed in range(8):
+        group = qd.random_group(np.random.default_rng(seed), image, 4, crop=(64, 80), kinds=kinds, repeat_kind=True)
+        names = [s.kind for s in group]
+        assert names[0] == "clean" and names[3] == names[1] and names[2] != names[1]
+        assert group[3].nominal != group[1].nominal
+        firsts.add(names[1])
+        plain = qd.random_group(np.random.default_rng(seed), image, 4, crop=(64, 80), kinds=kinds)
+        again = qd.random_group(np.random.default_rng(seed), image, 4, crop=(64, 80), kinds=kinds, repeat_kind=False)
+        assert [s.kind for s in plain] == [s.kind for s in again] and len({s.kind for s in plain[1:]}) == 3
+        np.testing.assert_array_equal(plain[2].image, again[2].image)
+    assert len(firsts) > 1  # the repeated kind is drawn, not always the same
+    # a group of 2 (clean + one) has nothing to repeat
+    two = qd.random_group(np.random.default_rng(0), image, 2, crop=(64, 80), kinds=kinds, repeat_kind=True)
+    assert len(two) == 2
+    # the setting reaches the batches and the model card
+    x, y = qd.random_batch(np.random.default_rng(0), [image], 8, crop=(64, 80), kinds=kinds, repeat_kind=True)
+    assert x.shape == (8, 64, 80, 3) and y.shape == (8,)
+    assert tq.TrainConfig(repeat_kind=True).repeat_kind and not tq.TrainConfig().repeat_kind
+
+
+def test_repeat_kind_and_cap_fade_settings(monkeypatch, tmp_path):
+    """`hasmap train-quality --repeat-kind` / `--cap-fade-from` train with `TrainConfig.repeat_kind` (off by
+    default) / `TrainConfig.cap_fade_from` (1: the whole cap)."""
+    from hasmap_jax.cli import main
+    from hasmap_jax.cli import train_quality as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train_default_model", lambda out, roots, config, **kw: seen.append(config))
+    assert main(["train-quality", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train-quality", "--repeat-kind", "--out", str(tmp_path / "b")]) == 0
+    assert [c.repeat_kind for c in seen] == [False, True]
+    assert main(["train-quality", "--cap-fade-from", "0.5", "--out", str(tmp_path / "c")]) == 0
+    assert [c.cap_fade_from for c in seen] == [1.0, 1.0, 0.5]
 
 
 def test_tone_jitter_changes_tone_not_detail():

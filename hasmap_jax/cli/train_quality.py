@@ -107,6 +107,19 @@ def register(subparsers) -> None:
         "'mean_max' concatenates the mean and the maximum over the map, so that the most detailed part "
         "of the view counts",
     )
+    p.add_argument(
+        "--repeat-kind",
+        action="store_true",
+        help="the last degradation of each group repeats the first one's kind at another severity, so that "
+        "the within-view difference loss also orders severities of one kind",
+    )
+    p.add_argument(
+        "--cap-fade-from",
+        type=float,
+        default=d.cap_fade_from,
+        help="the blur and resampling labels' content cap fades out from this nominal severity to 1, so that "
+        "a strong blur counts as one even on a smooth photo (default: %(default)s, the whole cap)",
+    )
     p.set_defaults(func=run)
 
 
@@ -153,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             calm_weight=args.calm_weight,
             visible_percentile=args.visible_percentile,
             pooling=args.pooling,
+            repeat_kind=args.repeat_kind,
+            cap_fade_from=args.cap_fade_from,
         )
     except ValueError as e:
         print(f"train-quality: {e}", file=sys.stderr)

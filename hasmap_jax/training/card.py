@@ -105,12 +105,21 @@ def model_card(
             ),
             "clean_augmentation": "JPEG quality 75-95 (p 0.5), Gaussian noise std <= 0.004 (p 1/3); target stays clean",
             "batches": f"groups of {config.group}: one random view clean plus {config.group - 1} degradations "
-            "of distinct trained kinds at uniform severities",
+            + (
+                "at uniform severities, the last of the same kind as the first, the others distinct trained kinds"
+                if config.repeat_kind and config.group >= 3
+                else "of distinct trained kinds at uniform severities"
+            ),
             "photo_draws": "uniform"
             if config.calm_weight == 1.0
             else f"calm photos weighted {config.calm_weight:g}, the others 1",
             "content_cap": "blur and resampling severity capped by the RMS change at the "
-            f"{config.visible_percentile:g}th percentile of {qd.VISIBLE_BLOCK}x{qd.VISIBLE_BLOCK} blocks",
+            f"{config.visible_percentile:g}th percentile of {qd.VISIBLE_BLOCK}x{qd.VISIBLE_BLOCK} blocks"
+            + (
+                f", fading out linearly from nominal severity {config.cap_fade_from:g} to 1"
+                if config.cap_fade_from < 1.0
+                else ""
+            ),
         },
         "target_mapping": {
             "formula": f"score = {qd.CLEAN_SCORE:g} - {qd.CLEAN_SCORE - qd.WORST_SCORE:g} * severity",

@@ -341,19 +341,32 @@ def visible_change(
 
 
 def effective_severity(
-    kind: str, severity: float, clean: np.ndarray, degraded: np.ndarray, *, percentile: float = VISIBLE_PERCENTILE
+    kind: str,
+    severity: float,
+    clean: np.ndarray,
+    degraded: np.ndarray,
+    *,
+    percentile: float = VISIBLE_PERCENTILE,
+    cap_fade_from: float = 1.0,
 ) -> float:
     """`severity`, capped for blur and resampling by how visible the change is on this photo.
 
-    Returns min(severity, s_visible) with s_visible = 0.2 + 0.4 * log(rms / 0.015) / log(0.05 / 0.015),
-    rms = `visible_change(clean, degraded, percentile=percentile)` (float [0, 1] images); other kinds
-    return `severity` unchanged.
+    Returns min(severity, max(s_visible, floor)) with s_visible = 0.2 + 0.4 * log(rms / 0.015) /
+    log(0.05 / 0.015), rms = `visible_change(clean, degraded, percentile=percentile)` (float [0, 1]
+    images), and floor = (severity - cap_fade_from) / (1 - cap_fade_from), clipped at 0: the cap
+    fades out between nominal severity `cap_fade_from` and 1, so that a strong blur counts as one on
+    any photo (issue 26: with the whole cap, a sigma-5 blur of a smooth photo kept a "barely visible"
+    label and models rated it above a sigma-3 blur). At 1 (the default) there is no floor. Other
+    kinds return `severity` unchanged.
     """
+    if not 0.0 <= cap_fade_from <= 1.0:
+        raise ValueError(f"cap_fade_from must be in [0, 1], got {cap_fade_from}")
     if kind not in CONTENT_DEPENDENT:
         return float(severity)
     rms = visible_change(clean, degraded, percentile=percentile)
     visible = 0.2 + 0.4 * math.log(max(rms, 1e-6) / _RMS_AT[0]) / math.log(_RMS_AT[1] / _RMS_AT[0])
-    return float(min(severity, max(0.0, visible)))
+    floor = max(0.0, (severity - cap_fade_from) / (1.0 - cap_fade_from)) if cap_fade_from < 1.0 else 0.0
+    return float(min(severity, max(0.0, visible, floor)))
 
 
 def degrade(rng: np.random.Generator, image: np.ndarray, *, kind: str, severity: float) -> np.ndarray:
@@ -429,11 +442,16 @@ def random_group(
     kinds: Sequence[str] = KINDS,
     tone: bool = False,
     visible_percentile: float = VISIBLE_PERCENTILE,
+    repeat_kind: bool = False,
+    cap_fade_from: float = 1.0,
 ) -> list[Sample]:
     """`n` versions of one random view: clean (with imperceptible processing), then `n - 1`
     degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities. With `tone`, the
     view's tone is first changed at random (`tone_jitter`), for all `n` versions alike. Blur and
-    resampling labels are capped at the `visible_percentile` of the blocks (`effective_severity`).
+    resampling labels are capped at the `visible_percentile` of the blocks, the cap fading out from
+    nominal severity `cap_fade_from` (`effective_severity`). With `repeat_kind` (n >= 3), the last version repeats the first degradation's kind at a severity
+    of its own, so that the score differences within the group also order two severities of one
+    kind (issue 26: models fitted without such pairs rated blur sigma 5.3 above sigma 3 on most views).
 
     Showing the same content clean and degraded in one batch makes the gradient compare
     degradations rather than photos (content varies far more between photos than any degradation);
@@ -449,21 +467,30 @@ def random_group(
         x = tone_jitter(rng, x)
     out = [Sample(imperceptible(rng, x), CLEAN_SCORE, "clean", 0.0)]
     kinds = check_kinds(kinds)
-    if n - 1 <= len(kinds):
-        picks = rng.permutation(len(kinds))[: n - 1]
+    distinct = n - 2 if repeat_kind and n >= 3 else n - 1
+    if distinct <= len(kinds):
+        picks = list(rng.permutation(len(kinds))[:distinct])
     else:
-        picks = rng.integers(len(kinds), size=n - 1)
+        picks = list(rng.integers(len(kinds), size=distinct))
+    if distinct < n - 1:
+        picks.append(picks[0])
     for k in picks:
         kind, s = kinds[int(k)], float(rng.uniform(0.0, 1.0))
-        out.append(_degraded_sample(rng, x, kind, s, percentile=visible_percentile))
+        out.append(_degraded_sample(rng, x, kind, s, percentile=visible_percentile, cap_fade_from=cap_fade_from))
     return out
 
 
 def _degraded_sample(
-    rng: np.random.Generator, x: np.ndarray, kind: str, severity: float, *, percentile: float = VISIBLE_PERCENTILE
+    rng: np.random.Generator,
+    x: np.ndarray,
+    kind: str,
+    severity: float,
+    *,
+    percentile: float = VISIBLE_PERCENTILE,
+    cap_fade_from: float = 1.0,
 ) -> Sample:
     y = degrade(rng, x, kind=kind, severity=severity)
-    s = effective_severity(kind, severity, x, y, percentile=percentile)
+    s = effective_severity(kind, severity, x, y, percentile=percentile, cap_fade_from=cap_fade_from)
     return Sample(y, float(target_score(s)), kind, s, severity)
 
 
@@ -479,11 +506,14 @@ def random_batch(
     tone: bool = False,
     weights: Sequence[float] | None = None,
     visible_percentile: float = VISIBLE_PERCENTILE,
+    repeat_kind: bool = False,
+    cap_fade_from: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`batch_size // group` photos drawn with replacement, uniformly or in proportion to `weights`
     (one non-negative number per image), `group` versions of a random view of each (`random_group`:
     one clean, the rest degraded by distinct `kinds`; `tone`: with `tone_jitter`;
-    `visible_percentile`: the blur and resampling labels' cap).
+    `visible_percentile`, `cap_fade_from`: the blur and resampling labels' cap; `repeat_kind`: one
+    kind twice).
 
     Returns:
       images (B, H, W, 3) (or (B, *crop, 3)) float32 in [0, 1] and target scores (B,) float32.
@@ -501,7 +531,16 @@ def random_batch(
         # uniform draws keep `integers`, so that runs without weights draw as they always have
         i = int(rng.integers(len(images))) if p is None else int(rng.choice(len(images), p=p))
         samples += random_group(
-            rng, images[i], group, size, crop=crop, kinds=kinds, tone=tone, visible_percentile=visible_percentile
+            rng,
+            images[i],
+            group,
+            size,
+            crop=crop,
+            kinds=kinds,
+            tone=tone,
+            visible_percentile=visible_percentile,
+            repeat_kind=repeat_kind,
+            cap_fade_from=cap_fade_from,
         )
     return np.stack([s.image for s in samples]), np.asarray([s.target for s in samples], np.float32)
 

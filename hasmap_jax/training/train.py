@@ -159,11 +159,13 @@ def batches(
     tone: bool = False,
     weights: Sequence[float] | None = None,
     visible_percentile: float = qd.VISIBLE_PERCENTILE,
+    repeat_kind: bool = False,
+    cap_fade_from: float = 1.0,
     prefetch: int = 3,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training batches in order, made by a background thread (Pillow and numpy release the
     GIL), each from its own generator `default_rng([seed, step])`, so timing never changes them
-    (`weights`, `visible_percentile`: as `quality_data.random_batch`)."""
+    (`weights`, `visible_percentile`, `repeat_kind`, `cap_fade_from`: as `quality_data.random_batch`)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -186,6 +188,8 @@ def batches(
                         tone=tone,
                         weights=weights,
                         visible_percentile=visible_percentile,
+                        repeat_kind=repeat_kind,
+                        cap_fade_from=cap_fade_from,
                     )
                     q.put(batch)
                     i += 1
@@ -244,6 +248,8 @@ class TrainConfig:
     size: tuple[int, int] = KONCEPT_INPUT_SIZE  # the views' size, before the phases' crops
     precise_bn_batches: int = 24  # batches of whole views the BatchNorm statistics are recomputed on (0: keep)
     pooling: str = "global"  # KonCept512.pooling of the model train_default_model trains (TRAINED_POOLINGS)
+    repeat_kind: bool = False  # each group shows its first degradation kind twice (quality_data.random_group)
+    cap_fade_from: float = 1.0  # the content cap fades out from this nominal severity to 1 (effective_severity)
 
     def __post_init__(self):
         if self.pooling not in TRAINED_POOLINGS:
@@ -252,6 +258,8 @@ class TrainConfig:
             raise ValueError(f"calm_weight must be > 0, got {self.calm_weight}")
         if not 0.0 <= self.visible_percentile <= 100.0:
             raise ValueError(f"visible_percentile must be in [0, 100], got {self.visible_percentile}")
+        if not 0.0 <= self.cap_fade_from <= 1.0:
+            raise ValueError(f"cap_fade_from must be in [0, 1], got {self.cap_fade_from}")
         if not self.phases or any(p.steps < 1 or p.batch_size < 1 or p.batch_size % self.group for p in self.phases):
             raise ValueError(
                 f"phases: at least one, each of >= 1 step and a batch that is a multiple of group ({self.group}), "
@@ -309,6 +317,8 @@ def train(
         tone=c.tone,
         weights=weights,
         visible_percentile=c.visible_percentile,
+        repeat_kind=c.repeat_kind,
+        cap_fade_from=c.cap_fade_from,
     )
     for i, (x, y) in enumerate(data):
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
@@ -341,6 +351,8 @@ def train(
                 tone=c.tone,
                 weights=weights,
                 visible_percentile=c.visible_percentile,
+                repeat_kind=c.repeat_kind,
+                cap_fade_from=c.cap_fade_from,
             )[0]
 
         stats_data = (stats_batch(k) for k in range(c.precise_bn_batches))
