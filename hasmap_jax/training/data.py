@@ -449,9 +449,10 @@ def random_group(
     degradations of distinct `kinds` (a subset of `KINDS`) at uniform severities. With `tone`, the
     view's tone is first changed at random (`tone_jitter`), for all `n` versions alike. Blur and
     resampling labels are capped at the `visible_percentile` of the blocks, the cap fading out from
-    nominal severity `cap_fade_from` (`effective_severity`). With `repeat_kind` (n >= 3), the last version repeats the first degradation's kind at a severity
-    of its own, so that the score differences within the group also order two severities of one
-    kind (issue 26: models fitted without such pairs rated blur sigma 5.3 above sigma 3 on most views).
+    nominal severity `cap_fade_from` (`effective_severity`). With `repeat_kind` (n >= 3), the last
+    version repeats the first degradation's kind at a severity of its own, so that the score
+    differences within the group also order two severities of one kind (issue 26: models fitted
+    without such pairs rated blur sigma 5.3 above sigma 3 on most views).
 
     Showing the same content clean and degraded in one batch makes the gradient compare
     degradations rather than photos (content varies far more between photos than any degradation);
