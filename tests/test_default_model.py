@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 
 import jax
@@ -350,8 +351,8 @@ def test_calm_weight_and_visible_percentile_settings(capsys, tmp_path):
 
     calm = photos.Photo("c", "debian", "p", "1", "/a", "ab" * 32, "x", "y", "train", category="calm")
     other = dataclasses.replace(calm, name="o", category="general")
-    assert tq.TrainConfig().photo_weights([calm, other]) is None  # the default: uniform, as before
-    assert tq.TrainConfig(calm_weight=3.0).photo_weights([calm, other]) == [3.0, 1.0]
+    assert tq.TrainConfig(calm_weight=1.0).photo_weights([calm, other]) is None  # uniform, as before issue 26
+    assert tq.TrainConfig().photo_weights([calm, other]) == [3.0, 1.0]  # the shipped recipe's 3
     for bad in (dict(calm_weight=0.0), dict(visible_percentile=101.0)):
         with pytest.raises(ValueError):
             tq.TrainConfig(**bad)
@@ -417,22 +418,38 @@ def test_repeat_kind_orders_two_severities_of_one_kind():
     # the setting reaches the batches and the model card
     x, y = qd.random_batch(np.random.default_rng(0), [image], 8, crop=(64, 80), kinds=kinds, repeat_kind=True)
     assert x.shape == (8, 64, 80, 3) and y.shape == (8,)
-    assert tq.TrainConfig(repeat_kind=True).repeat_kind and not tq.TrainConfig().repeat_kind
+    assert tq.TrainConfig().repeat_kind and not tq.TrainConfig(repeat_kind=False).repeat_kind
 
 
 def test_repeat_kind_and_cap_fade_settings(monkeypatch, tmp_path):
-    """`hasmap train-quality --repeat-kind` / `--cap-fade-from` train with `TrainConfig.repeat_kind` (off by
-    default) / `TrainConfig.cap_fade_from` (1: the whole cap)."""
+    """`hasmap train-quality --[no-]repeat-kind` / `--cap-fade-from` train with `TrainConfig.repeat_kind`
+    (on by default, the shipped recipe) / `TrainConfig.cap_fade_from` (default 0.5; 1: the whole cap)."""
     from hasmap_jax.cli import main
     from hasmap_jax.cli import train_quality as cli
 
     seen = []
     monkeypatch.setattr(cli, "train_default_model", lambda out, roots, config, **kw: seen.append(config))
     assert main(["train-quality", "--out", str(tmp_path / "a")]) == 0
-    assert main(["train-quality", "--repeat-kind", "--out", str(tmp_path / "b")]) == 0
-    assert [c.repeat_kind for c in seen] == [False, True]
-    assert main(["train-quality", "--cap-fade-from", "0.5", "--out", str(tmp_path / "c")]) == 0
-    assert [c.cap_fade_from for c in seen] == [1.0, 1.0, 0.5]
+    assert main(["train-quality", "--no-repeat-kind", "--out", str(tmp_path / "b")]) == 0
+    assert [c.repeat_kind for c in seen] == [True, False]
+    assert main(["train-quality", "--cap-fade-from", "1", "--out", str(tmp_path / "c")]) == 0
+    assert [c.cap_fade_from for c in seen] == [0.5, 0.5, 1.0]
+
+
+def test_train_quality_without_options_trains_the_shipped_recipe(model):
+    """`hasmap train-quality --photo-root DIR` retrains the shipped model: its card's command, parsed,
+    gives `TrainConfig()` (only --out and the photo roots differ), and so do no options at all."""
+    from hasmap_jax.cli import build_parser
+    from hasmap_jax.cli import train_quality as cli
+
+    def config(argv):
+        args = build_parser().parse_args(argv)
+        return cli.config_from_args(args, qd.check_kinds(args.kinds.split(",")))
+
+    shipped = shlex.split(model.card["source"]["command"])
+    assert shipped[:2] == ["hasmap", "train-quality"]
+    assert config(shipped[1:]) == tq.TrainConfig() == config(["train-quality"])
+    assert model.card["config"]["pooling"] == tq.TrainConfig().pooling
 
 
 def test_tone_jitter_changes_tone_not_detail():

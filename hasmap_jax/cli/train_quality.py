@@ -90,14 +90,14 @@ def register(subparsers) -> None:
         type=float,
         default=d.calm_weight,
         help="draw each 'calm' training photo (smooth by nature) this many times as often as another "
-        "(default: %(default)s, uniform)",
+        "(default: %(default)s; 1: uniform)",
     )
     p.add_argument(
         "--visible-percentile",
         type=float,
         default=d.visible_percentile,
         help="cap blur and resampling labels by the change at this percentile of the view's 32x32 blocks "
-        "(default: %(default)s; 99 counts a subject on 1 %% of the view)",
+        "(default: %(default)s, which counts a subject on 1 %% of the view; the evaluation's is 90)",
     )
     p.add_argument(
         "--pooling",
@@ -109,16 +109,17 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--repeat-kind",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=d.repeat_kind,
         help="the last degradation of each group repeats the first one's kind at another severity, so that "
-        "the within-view difference loss also orders severities of one kind",
+        "the within-view difference loss also orders severities of one kind (default: on)",
     )
     p.add_argument(
         "--cap-fade-from",
         type=float,
         default=d.cap_fade_from,
         help="the blur and resampling labels' content cap fades out from this nominal severity to 1, so that "
-        "a strong blur counts as one even on a smooth photo (default: %(default)s, the whole cap)",
+        "a strong blur counts as one even on a smooth photo (default: %(default)s; 1: the whole cap)",
     )
     p.set_defaults(func=run)
 
@@ -151,26 +152,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"--kinds: {e}", file=sys.stderr)
         return 2
     try:
-        config = TrainConfig(
-            seed=args.seed,
-            phases=_phases(args),
-            learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps,
-            weight_decay=args.weight_decay,
-            huber_delta=args.huber_delta,
-            pair_weight=args.pair_weight,
-            group=args.group,
-            eval_views=args.eval_views,
-            kinds=kinds,
-            tone=args.tone,
-            calm_weight=args.calm_weight,
-            visible_percentile=args.visible_percentile,
-            pooling=args.pooling,
-            repeat_kind=args.repeat_kind,
-            cap_fade_from=args.cap_fade_from,
-        )
+        config = config_from_args(args, kinds)
     except ValueError as e:
         print(f"train-quality: {e}", file=sys.stderr)
         return 2
     train_default_model(out, args.photo_root, config, force=args.force, command=command)
     return 0
+
+
+def config_from_args(args: argparse.Namespace, kinds: tuple[str, ...]) -> TrainConfig:
+    """The `TrainConfig` of parsed `hasmap train-quality` arguments (`kinds` checked); ValueError if
+    the settings cannot run. Without options: `TrainConfig()`, the shipped model's recipe."""
+    return TrainConfig(
+        seed=args.seed,
+        phases=_phases(args),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        huber_delta=args.huber_delta,
+        pair_weight=args.pair_weight,
+        group=args.group,
+        eval_views=args.eval_views,
+        kinds=kinds,
+        tone=args.tone,
+        calm_weight=args.calm_weight,
+        visible_percentile=args.visible_percentile,
+        pooling=args.pooling,
+        repeat_kind=args.repeat_kind,
+        cap_fade_from=args.cap_fade_from,
+    )

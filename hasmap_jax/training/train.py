@@ -243,13 +243,15 @@ class TrainConfig:
     eval_views: int = 3  # views per held-out photo in the evaluation
     kinds: tuple[str, ...] = qd.TRAINED_KINDS  # degradations trained on (the evaluation shows every kind)
     tone: bool = False  # random tone changes of the views (quality_data.tone_jitter)
-    calm_weight: float = 1.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
-    visible_percentile: float = qd.VISIBLE_PERCENTILE  # the blur / resampling labels' cap (effective_severity)
+    # The defaults below are the shipped model's recipe (run G2, issue 26; weights/README.md has the runs
+    # that chose them); the neutral values (1, qd.VISIBLE_PERCENTILE, "global", False, 1) train as run D0 did.
+    calm_weight: float = 3.0  # how much more often a "calm" photo (photos.CATEGORIES) is drawn than another
+    visible_percentile: float = 99.0  # the blur / resampling labels' cap (effective_severity)
     size: tuple[int, int] = KONCEPT_INPUT_SIZE  # the views' size, before the phases' crops
     precise_bn_batches: int = 24  # batches of whole views the BatchNorm statistics are recomputed on (0: keep)
-    pooling: str = "global"  # KonCept512.pooling of the model train_default_model trains (TRAINED_POOLINGS)
-    repeat_kind: bool = False  # each group shows its first degradation kind twice (quality_data.random_group)
-    cap_fade_from: float = 1.0  # the content cap fades out from this nominal severity to 1 (effective_severity)
+    pooling: str = "mean_max"  # KonCept512.pooling of the model train_default_model trains (TRAINED_POOLINGS)
+    repeat_kind: bool = True  # each group shows its first degradation kind twice (quality_data.random_group)
+    cap_fade_from: float = 0.5  # the content cap fades out from this nominal severity to 1 (effective_severity)
 
     def __post_init__(self):
         if self.pooling not in TRAINED_POOLINGS:
@@ -270,7 +272,7 @@ class TrainConfig:
 
     def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
         """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
-        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
+        None at calm_weight 1: uniform draws, as runs before issue 26 made them (the default is 3)."""
         if self.calm_weight == 1.0:
             return None
         return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
