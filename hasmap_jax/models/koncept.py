@@ -48,7 +48,7 @@ class KonCept512(ConfigMixin, nn.Module):
         variant: the mean and the maximum over the whole map, concatenated, (N, 2C); the head's first
         Dense then has 2C inputs). "mean_max" lets the head follow the most detailed part of the view:
         a small sharp subject or a thin horizon on a large smooth area lifts each feature's maximum,
-        where the mean dilutes it (tried for issue 26 as run G0, not shipped: weights/README.md).
+        where the mean dilutes it (issue 26; the shipped default model's, run G2: weights/README.md).
       head_widths: widths of the three hidden Dense layers (published: 2048, 1024, 256).
       head_bn_epsilon: epsilon of the head's BatchNorm (1e-5 for PyTorch BatchNorm1d, 1e-3 for Keras).
       dropout_rates: dropout after each hidden layer (published: 0.25, 0.25, 0.5).
