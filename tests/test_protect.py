@@ -943,7 +943,10 @@ def test_memory_budget_default_and_given(monkeypatch):
 
 
 SIGNALLED = """
-import sys, time
+import signal, sys, time
+# Ctrl-C reaches the run as it would from a terminal, however the tests were started: a job that a
+# non-interactive shell starts in the background (`cmd &`, nohup) inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 import hasmap_jax.weights.loading
 from hasmap_jax import attack
