@@ -609,7 +609,6 @@ def test_host_loop_equals_device_loop_with_eot_draws(batch):
     assert compiles() == 0
 
 
-@pytest.mark.slow
 def unlucky_draw(every: np.ndarray) -> tuple[int, int, int]:
     """(photo p, chain j, chain k) where chain j rates photo p higher than the photo itself and
     chain k do (`every`: each photo's scores, the photo then each chain): drawing j while deciding
@@ -623,6 +622,7 @@ def unlucky_draw(every: np.ndarray) -> tuple[int, int, int]:
     )
 
 
+@pytest.mark.slow
 def test_eot_success_is_decided_on_the_checkpoints_not_on_the_draw(batch):
     """With views drawn at random, each step's gradient sees the chains `EOT.draw(step)` picks, but
     an iterate counts as a success (is kept, moves the search) only when the photo and every

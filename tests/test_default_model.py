@@ -415,9 +415,15 @@ def test_repeat_kind_orders_two_severities_of_one_kind():
     # a group of 2 (clean + one) has nothing to repeat
     two = qd.random_group(np.random.default_rng(0), image, 2, crop=(64, 80), kinds=kinds, repeat_kind=True)
     assert len(two) == 2
-    # the setting reaches the batches and the model card
-    x, y = qd.random_batch(np.random.default_rng(0), [image], 8, crop=(64, 80), kinds=kinds, repeat_kind=True)
-    assert x.shape == (8, 64, 80, 3) and y.shape == (8,)
+    # the setting reaches the batches: a batch is its groups, drawn from the same generator
+    x, y = qd.random_batch(np.random.default_rng(5), [image], 8, crop=(64, 80), kinds=kinds, repeat_kind=True)
+    rng = np.random.default_rng(5)
+    groups = []
+    for _ in range(2):
+        rng.integers(1)  # the photo's draw
+        groups += qd.random_group(rng, image, 4, crop=(64, 80), kinds=kinds, repeat_kind=True)
+    np.testing.assert_array_equal(x, np.stack([s.image for s in groups]))
+    np.testing.assert_array_equal(y, np.asarray([s.target for s in groups], np.float32))
     assert tq.TrainConfig().repeat_kind and not tq.TrainConfig(repeat_kind=False).repeat_kind
 
 
@@ -450,6 +456,10 @@ def test_train_quality_without_options_trains_the_shipped_recipe(model):
     assert shipped[:2] == ["hasmap", "train-quality"]
     assert config(shipped[1:]) == tq.TrainConfig() == config(["train-quality"])
     assert model.card["config"]["pooling"] == tq.TrainConfig().pooling
+    # and the card describes that recipe
+    drawn = model.card["degradations"]
+    assert "the last of the same kind as the first" in drawn["batches"]
+    assert "99th percentile" in drawn["content_cap"] and "from nominal severity 0.5" in drawn["content_cap"]
 
 
 def test_tone_jitter_changes_tone_not_detail():

@@ -112,7 +112,7 @@ def register(subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.repeat_kind,
         help="the last degradation of each group repeats the first one's kind at another severity, so that "
-        "the within-view difference loss also orders severities of one kind (default: on)",
+        "the within-view difference loss also orders severities of one kind (default: %(default)s)",
     )
     p.add_argument(
         "--cap-fade-from",

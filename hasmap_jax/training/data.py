@@ -30,10 +30,10 @@ changes little. Their severity is therefore capped by the change they actually m
 mapped so that it matches the nominal severity on detailed photos (RMS 0.015 <-> s = 0.2,
 0.05 <-> s = 0.6, geometric in between). Other kinds are visible whatever the content and keep
 their nominal severity. At the 90th percentile a subject on less than a tenth of the view does not
-count (a water drop, a kite in the sky): the shipped model was trained at the 99th (issue 26;
-`visible_percentile`, `hasmap train-quality --visible-percentile`), the evaluation keeps the 90th.
-Training also fades the cap out between nominal severity `cap_fade_from` (0.5 for the shipped
-model) and 1, so that a strong blur is labelled one on any photo (`effective_severity`).
+count (a water drop, a kite in the sky): training takes its own percentile (`visible_percentile`;
+`TrainConfig` holds the shipped recipe's, issue 26), the evaluation keeps the 90th. Training can
+also fade the cap out between nominal severity `cap_fade_from` and 1, so that a strong blur is
+labelled one on any photo (`effective_severity`).
 
 The target score is linear in (effective) severity, `target = 80 - 60 * s`: a clean photo scores 80
 (KonIQ-10k rates good photos about 70-85), s = 0.2 ("barely visible") 68 and s = 0.4 56 stay "high", s = 0.5

@@ -272,7 +272,7 @@ class TrainConfig:
 
     def photo_weights(self, photos: Sequence[photo_manifest.Photo]) -> list[float] | None:
         """The draw weight of each training photo (`calm_weight` for calm ones, 1 for the rest);
-        None at calm_weight 1: uniform draws, as runs before issue 26 made them (the default is 3)."""
+        None at calm_weight 1: uniform draws, as runs before issue 26 made them."""
         if self.calm_weight == 1.0:
             return None
         return [self.calm_weight if p.category == "calm" else 1.0 for p in photos]
